@@ -1,0 +1,435 @@
+//! Typed configuration: the TOML file operators write, parsed with serde
+//! (`deny_unknown_fields`, so a typo is an error naming the key) and checked by
+//! [`Config::validate`]. It must not read anything but its own file and must not
+//! hold runtime state: a loaded `Config` is immutable and is swapped whole on reload.
+
+mod duration;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::parse_duration;
+
+/// Errors from reading or checking a config file. Always the operator's side.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid config: `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address pgrouter listens on for clients, e.g. "127.0.0.1:6432".
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How clients prove who they are to pgrouter: "scram-sha-256" (default), "md5" or "trust".
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Users clients may log in as, and how pgrouter logs in to the servers for them.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// The cluster's nodes: one primary and any number of replicas.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    /// Server connection pools.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Lag and health monitoring.
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    /// Protocol limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".to_owned()
+}
+
+/// Client authentication method.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (the PostgreSQL default since 14).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge-response (legacy clients).
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password: any configured user may log in. Local development only.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// One login clients may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name clients send.
+    pub name: String,
+    /// The password clients must present (not needed with `auth = "trust"`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The role pgrouter logs in to the servers as; defaults to `name`.
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// The password pgrouter uses with the servers; defaults to `password`.
+    #[serde(default)]
+    pub server_password: Option<String>,
+}
+
+impl UserConfig {
+    /// The role used on the servers.
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The password used on the servers, if any.
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or(self.password.as_deref())
+    }
+}
+
+/// The role a node is expected to have; the monitor checks it at run time.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Primary,
+    Replica,
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A short name for logs and the admin console; defaults to "host:port".
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Expected role: "primary" or "replica".
+    pub role: NodeRole,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+impl NodeConfig {
+    /// The node's display name.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.host, self.port))
+    }
+}
+
+/// Pool mode: how long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps its server connections until it disconnects.
+    #[default]
+    Session,
+}
+
+/// Server connection pools, one per node and (user, database, startup parameters).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool mode; only "session" so far.
+    #[serde(default)]
+    pub mode: PoolMode,
+    /// Most server connections per node and pool key.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long a client waits for a server connection before it gets SQLSTATE 53300.
+    #[serde(
+        default = "default_checkout_timeout",
+        with = "duration::serde_duration"
+    )]
+    pub checkout_timeout: Duration,
+    /// How long connecting and authenticating to a server may take.
+    #[serde(default = "default_connect_timeout", with = "duration::serde_duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_pool_size() -> usize {
+    20
+}
+fn default_checkout_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::default(),
+            pool_size: default_pool_size(),
+            checkout_timeout: default_checkout_timeout(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// Lag and health monitoring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// How often each node is measured.
+    #[serde(default = "default_interval", with = "duration::serde_duration")]
+    pub interval: Duration,
+    /// A replica further behind than this (in time) gets no reads.
+    #[serde(default = "default_max_lag", with = "duration::serde_duration")]
+    pub max_replica_lag: Duration,
+    /// A replica further behind than this many WAL bytes gets no reads.
+    #[serde(default = "default_max_lag_bytes")]
+    pub max_replica_lag_bytes: u64,
+    /// Login the monitor uses; defaults to the first user's server login.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for `monitor.user`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Database the monitor connects to.
+    #[serde(default = "default_monitor_db")]
+    pub database: String,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_lag() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_lag_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_monitor_db() -> String {
+    "postgres".to_owned()
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            max_replica_lag: default_max_lag(),
+            max_replica_lag_bytes: default_max_lag_bytes(),
+            user: None,
+            password: None,
+            database: default_monitor_db(),
+        }
+    }
+}
+
+/// Protocol limits that protect the process from hostile or broken clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message (bytes) accepted from a client or server; larger ones close the client with 08P01.
+    #[serde(default = "default_max_message")]
+    pub max_message_size: usize,
+}
+
+fn default_max_message() -> usize {
+    64 * 1024 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: default_max_message(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Reads and parses a file without [`Config::validate`], for callers that
+    /// change it first (the demo replaces the node list) and validate after.
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = Self::parse(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks what serde cannot: cross-field rules and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                format!("{:?} is not an IP:port address", self.listen),
+            ));
+        }
+        let primaries = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Primary)
+            .count();
+        if primaries != 1 {
+            return Err(invalid(
+                "nodes",
+                format!("exactly one node must have role = \"primary\" (found {primaries})"),
+            ));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.host.trim().is_empty() {
+                return Err(invalid(format!("nodes[{i}].host"), "must not be empty"));
+            }
+            if node.port == 0 {
+                return Err(invalid(format!("nodes[{i}].port"), "must not be 0"));
+            }
+        }
+        if self.users.is_empty() {
+            return Err(invalid("users", "at least one [[users]] entry is needed"));
+        }
+        for (i, user) in self.users.iter().enumerate() {
+            if user.name.is_empty() {
+                return Err(invalid(format!("users[{i}].name"), "must not be empty"));
+            }
+            if self.auth != AuthMethod::Trust && user.password.is_none() {
+                return Err(invalid(
+                    format!("users[{i}].password"),
+                    "required unless auth = \"trust\"",
+                ));
+            }
+            if self.users[..i].iter().any(|u| u.name == user.name) {
+                return Err(invalid(
+                    format!("users[{i}].name"),
+                    format!("duplicate user {:?}", user.name),
+                ));
+            }
+        }
+        if self.pool.pool_size == 0 {
+            return Err(invalid("pool.pool_size", "must be at least 1"));
+        }
+        if self.monitor.interval < Duration::from_millis(10) {
+            return Err(invalid("monitor.interval", "must be at least 10ms"));
+        }
+        if self.limits.max_message_size < 1024 {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user entry for a client login name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Index of the configured primary (validated to exist).
+    pub fn primary_index(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.role == NodeRole::Primary)
+            .unwrap_or(0)
+    }
+
+    /// A human-readable summary of the effective settings (passwords hidden).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "listen = {:?}\nauth = {:?}\n",
+            self.listen, self.auth
+        ));
+        for u in &self.users {
+            out.push_str(&format!(
+                "user {:?} -> server user {:?} (password {})\n",
+                u.name,
+                u.server_user(),
+                if u.server_password().is_some() {
+                    "set"
+                } else {
+                    "none"
+                }
+            ));
+        }
+        for n in &self.nodes {
+            out.push_str(&format!(
+                "node {} {}:{} role={:?}\n",
+                n.display_name(),
+                n.host,
+                n.port,
+                n.role
+            ));
+        }
+        out.push_str(&format!(
+            "pool: mode={:?} pool_size={} checkout_timeout={:?} connect_timeout={:?}\n",
+            self.pool.mode,
+            self.pool.pool_size,
+            self.pool.checkout_timeout,
+            self.pool.connect_timeout
+        ));
+        out.push_str(&format!(
+            "monitor: interval={:?} max_replica_lag={:?} max_replica_lag_bytes={} database={:?}\n",
+            self.monitor.interval,
+            self.monitor.max_replica_lag,
+            self.monitor.max_replica_lag_bytes,
+            self.monitor.database
+        ));
+        out.push_str(&format!(
+            "limits: max_message_size={}\n",
+            self.limits.max_message_size
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

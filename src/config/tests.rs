@@ -1,0 +1,68 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[users]]
+name = "app"
+password = "secret"
+
+[[nodes]]
+host = "127.0.0.1"
+port = 5432
+role = "primary"
+
+[[nodes]]
+host = "127.0.0.1"
+port = 5433
+role = "replica"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::from_toml(MINIMAL, "test").unwrap();
+    assert_eq!(config.listen, "127.0.0.1:6432");
+    assert_eq!(config.auth, AuthMethod::ScramSha256);
+    assert_eq!(config.monitor.max_replica_lag, Duration::from_secs(1));
+    assert_eq!(config.monitor.max_replica_lag_bytes, 16_777_216);
+    assert_eq!(config.monitor.interval, Duration::from_millis(100));
+    assert_eq!(config.primary_index(), 0);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = format!("{MINIMAL}\n[pool]\npool_sise = 3\n");
+    let err = Config::from_toml(&text, "test").unwrap_err().to_string();
+    assert!(err.contains("pool_sise"), "{err}");
+}
+
+#[test]
+fn two_primaries_rejected() {
+    let text = MINIMAL.replace("role = \"replica\"", "role = \"primary\"");
+    let err = Config::from_toml(&text, "test").unwrap_err().to_string();
+    assert!(err.contains("`nodes`"), "{err}");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let text = format!("{MINIMAL}\n[monitor]\ninterval = \"100\"\n");
+    let err = Config::from_toml(&text, "test").unwrap_err().to_string();
+    assert!(err.contains("interval") && err.contains("unit"), "{err}");
+}
+
+#[test]
+fn password_required_unless_trust() {
+    let text = MINIMAL.replace("password = \"secret\"", "");
+    let err = Config::from_toml(&text, "test").unwrap_err().to_string();
+    assert!(err.contains("users[0].password"), "{err}");
+    let trust = format!("auth = \"trust\"\n{text}");
+    Config::from_toml(&trust, "test").unwrap();
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("5 parsecs").is_err());
+    assert!(parse_duration("").is_err());
+}

@@ -1,0 +1,244 @@
+//! Turning client messages into batches: extended-protocol messages are
+//! collected up to Sync or Flush so one routing decision covers everything that
+//! shares an implicit transaction; a simple Query is a batch of its own.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use super::SessionError;
+use super::session::{Flow, PRIMARY, REPLICA, Session};
+use crate::protocol::fields::{
+    bind_message, execute_message, parse_message, query_text, target_message,
+};
+use crate::protocol::{Frame, frontend_tag, target_kind, tx_status};
+use crate::router::{Decision, Route, SessionEffect, TxEffect};
+
+/// A batch without Sync is sent once it holds this much, so a client that
+/// streams many messages before syncing is not buffered without bound.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// A client's prepared statement: the Parse message to replay on another
+/// connection, and the routing verdict for its text.
+pub(super) struct Statement {
+    pub parse: Frame,
+    pub hash: u64,
+    pub decision: Decision,
+}
+
+/// What a message needs from the connection it is sent to.
+pub(super) enum Need {
+    Nothing,
+    /// Bind/Describe of a statement: it must exist there (replayed if not).
+    Statement(String, Arc<Statement>),
+    /// A Parse creating this statement there. `stale_ok`: the client had no
+    /// statement of that name, so a leftover copy on the server may be closed first
+    /// (when the client still has one, the server's "already exists" error is the
+    /// right answer and must not be hidden).
+    Creates {
+        name: String,
+        hash: u64,
+        stale_ok: bool,
+    },
+    /// A Close removing this statement there.
+    Closes(String),
+}
+
+/// Messages bound for one connection, and what routing learned from them.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub frames: Vec<(Frame, Need)>,
+    pub bytes: usize,
+    pub has_statement: bool,
+    pub needs_primary: bool,
+    pub begins_tx: bool,
+    pub pins: bool,
+    pub state: Option<Arc<str>>,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Frame, need: Need) {
+        self.bytes += frame.raw.len();
+        self.frames.push((frame, need));
+    }
+
+    fn learn(&mut self, decision: &Decision, text: &str) {
+        self.has_statement = true;
+        if decision.route == Route::Primary {
+            self.needs_primary = true;
+        }
+        if let TxEffect::Begin { .. } = decision.tx {
+            self.begins_tx = true;
+        }
+        match decision.session {
+            SessionEffect::SetsState => self.state = Some(Arc::from(text)),
+            SessionEffect::PinPrimary => self.pins = true,
+            SessionEffect::None => {}
+        }
+    }
+}
+
+fn bad(err: impl std::fmt::Display) -> SessionError {
+    SessionError::ClientProtocol(err.to_string())
+}
+
+fn hash_frame(frame: &Frame) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    frame.raw.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Session {
+    /// Handles one message from the client.
+    pub(super) async fn on_client_frame(&mut self, frame: Frame) -> Result<Flow, SessionError> {
+        match frame.tag {
+            frontend_tag::QUERY => {
+                let sql = query_text(frame.body()).map_err(bad)?;
+                let decision = self.shared.classifier.classify(sql);
+                let mut batch = Batch::default();
+                batch.learn(&decision, sql);
+                batch.push(frame, Need::Nothing);
+                self.submit(batch, true).await;
+            }
+            frontend_tag::FUNCTION_CALL => {
+                // Fastpath calls can do anything; the primary is the only safe place.
+                let mut batch = Batch {
+                    needs_primary: true,
+                    has_statement: true,
+                    ..Batch::default()
+                };
+                batch.push(frame, Need::Nothing);
+                self.submit(batch, true).await;
+            }
+            frontend_tag::PARSE
+            | frontend_tag::BIND
+            | frontend_tag::DESCRIBE
+            | frontend_tag::EXECUTE
+            | frontend_tag::CLOSE
+            | frontend_tag::SYNC
+            | frontend_tag::FLUSH => self.on_extended(frame).await?,
+            frontend_tag::COPY_DATA | frontend_tag::COPY_DONE | frontend_tag::COPY_FAIL => {
+                // Copy data belongs to the COPY running on the connection with work
+                // in flight. Outside COPY, PostgreSQL ignores these too.
+                if let Some(slot) = self.open.or(self.active) {
+                    if let Some(attached) = &mut self.servers[slot] {
+                        attached.conn.conn.out().extend_from_slice(&frame.raw);
+                    }
+                }
+            }
+            frontend_tag::TERMINATE => return Ok(Flow::Stop),
+            other => return Err(bad(format!("invalid frontend message type {}", other))),
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_extended(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if self.discard_until_sync {
+            if frame.tag == frontend_tag::SYNC {
+                self.discard_until_sync = false;
+                crate::protocol::build::ready_for_query(&mut self.out, self.tx_status);
+            }
+            return Ok(());
+        }
+        let tag = frame.tag;
+        let need = match tag {
+            frontend_tag::PARSE => {
+                let (name, sql) = parse_message(frame.body()).map_err(bad)?;
+                let decision = self.shared.classifier.classify(sql);
+                self.batch.learn(&decision, sql);
+                let hash = hash_frame(&frame);
+                let name = name.to_owned();
+                let stale_ok = !self.statements.contains_key(&name);
+                let statement = Statement {
+                    parse: frame.clone(),
+                    hash,
+                    decision,
+                };
+                self.statements.insert(name.clone(), Arc::new(statement));
+                Need::Creates {
+                    name,
+                    hash,
+                    stale_ok,
+                }
+            }
+            frontend_tag::BIND => {
+                let (_portal, name) = bind_message(frame.body()).map_err(bad)?;
+                self.statement_need(name)
+            }
+            frontend_tag::DESCRIBE => {
+                let (kind, name) = target_message(frame.body(), "Describe").map_err(bad)?;
+                if kind == target_kind::STATEMENT {
+                    self.statement_need(name)
+                } else {
+                    Need::Nothing
+                }
+            }
+            frontend_tag::CLOSE => {
+                let (kind, name) = target_message(frame.body(), "Close").map_err(bad)?;
+                if kind == target_kind::STATEMENT {
+                    self.statements.remove(name);
+                    Need::Closes(name.to_owned())
+                } else {
+                    Need::Nothing
+                }
+            }
+            frontend_tag::EXECUTE => {
+                execute_message(frame.body()).map_err(bad)?;
+                Need::Nothing
+            }
+            _ => Need::Nothing,
+        };
+        self.batch.push(frame, need);
+        if tag == frontend_tag::SYNC {
+            let batch = std::mem::take(&mut self.batch);
+            self.submit(batch, true).await;
+        } else if tag == frontend_tag::FLUSH || self.batch.bytes > MAX_BATCH_BYTES {
+            let batch = std::mem::take(&mut self.batch);
+            self.submit(batch, false).await;
+        }
+        Ok(())
+    }
+
+    fn statement_need(&mut self, name: &str) -> Need {
+        match self.statements.get(name) {
+            Some(statement) => {
+                let statement = statement.clone();
+                // A prepared SET takes effect each time it runs, so remember its text again.
+                let text = match statement.decision.session {
+                    SessionEffect::SetsState => {
+                        parse_message(statement.parse.body()).map_or("", |(_, q)| q)
+                    }
+                    _ => "",
+                };
+                self.batch.learn(&statement.decision, text);
+                Need::Statement(name.to_owned(), statement)
+            }
+            None => Need::Nothing,
+        }
+    }
+
+    /// Picks the connection for a complete batch and sends it, or parks it until
+    /// the other connection has answered everything.
+    pub(super) async fn submit(&mut self, batch: Batch, ends_sync: bool) {
+        let slot = self.choose(&batch);
+        if self.conflicts(slot) {
+            self.ready = Some((slot, batch, ends_sync));
+        } else {
+            self.dispatch(slot, batch, ends_sync).await;
+        }
+    }
+
+    /// Where a batch should run. "When unsure, primary."
+    fn choose(&self, batch: &Batch) -> usize {
+        if let Some(open) = self.open {
+            return open;
+        }
+        let in_transaction = self.tx_status != tx_status::IDLE || self.tx_pending;
+        if self.pinned || batch.pins || in_transaction || batch.needs_primary || batch.begins_tx {
+            return PRIMARY;
+        }
+        if !batch.has_statement {
+            return self.last_slot;
+        }
+        REPLICA
+    }
+}

@@ -1,0 +1,204 @@
+//! Sending a batch to a server connection: attach the connection, bring the
+//! session's state there (SET replay, prepared statements), then forward the
+//! client's frames unchanged.
+
+use super::batch::{Batch, Need};
+use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
+use crate::protocol::build::{self, Severity, to_server};
+use crate::protocol::{backend_tag, frontend_tag, sqlstate};
+
+/// Past this many remembered session-state statements the session is pinned to
+/// the primary instead of replaying an ever longer log on every new connection.
+const MAX_SESSION_LOG: usize = 256;
+
+impl Session {
+    /// Sends `batch` to `slot` (falling back to the primary when no replica can
+    /// take it). On failure the client gets an ErrorResponse and the batch is dropped.
+    pub(super) async fn dispatch(&mut self, slot: usize, batch: Batch, ends_sync: bool) {
+        let slot = match self.ensure_attached(slot).await {
+            Ok(slot) => slot,
+            Err(message) => {
+                build::error_response(
+                    &mut self.out,
+                    Severity::Error,
+                    sqlstate::UNABLE_TO_CONNECT,
+                    &message,
+                );
+                if ends_sync {
+                    build::ready_for_query(&mut self.out, self.tx_status);
+                } else {
+                    self.discard_until_sync = true;
+                }
+                return;
+            }
+        };
+        self.replay_session_state(slot);
+        if batch.pins && !self.pinned {
+            tracing::info!(
+                "session pinned to the primary (temporary objects, LISTEN or cursors WITH HOLD)"
+            );
+            self.pinned = true;
+        }
+        let Some(attached) = self.servers[slot].as_mut() else {
+            return;
+        };
+        let mut last_mark = None;
+        for (frame, need) in batch.frames {
+            prepare_statement_for(attached, &need);
+            attached.conn.conn.out().extend_from_slice(&frame.raw);
+            if matches!(
+                frame.tag,
+                frontend_tag::SYNC | frontend_tag::QUERY | frontend_tag::FUNCTION_CALL
+            ) {
+                attached.marks.push_back(Mark {
+                    internal: false,
+                    parse: attached.sent_parse,
+                    close: attached.sent_close,
+                    had_error: false,
+                    state: None,
+                    began_tx: false,
+                });
+                last_mark = Some(attached.marks.len() - 1);
+            }
+        }
+        if let Some(index) = last_mark {
+            if let Some(mark) = attached.marks.get_mut(index) {
+                mark.state = batch.state;
+                mark.began_tx = batch.begins_tx;
+            }
+        }
+        if batch.begins_tx {
+            self.tx_pending = true;
+        }
+        self.shared.stats.count_routed(attached.conn.conn.node);
+        self.open = if ends_sync { None } else { Some(slot) };
+        self.last_slot = slot;
+        self.set_active(Some(slot));
+    }
+
+    /// Makes sure a connection for `slot` is attached; a replica that cannot be
+    /// had falls back to the primary. Returns the slot actually used.
+    async fn ensure_attached(&mut self, slot: usize) -> Result<usize, String> {
+        if slot == REPLICA && self.open != Some(REPLICA) {
+            if self.attach_replica().await {
+                return Ok(REPLICA);
+            }
+        } else if slot == REPLICA && self.servers[REPLICA].is_some() {
+            return Ok(REPLICA);
+        }
+        if self.open == Some(PRIMARY) && self.servers[PRIMARY].is_some() {
+            return Ok(PRIMARY);
+        }
+        match self.attach_primary().await {
+            Ok(()) => Ok(PRIMARY),
+            Err(err) => Err(format!("pgrouter could not reach the primary: {err}")),
+        }
+    }
+
+    /// Replays session-state statements this connection has not seen yet, as one
+    /// internal query whose answers the client never sees.
+    fn replay_session_state(&mut self, slot: usize) {
+        let log_len = self.session_log.len();
+        let Some(attached) = self.servers[slot].as_mut() else {
+            return;
+        };
+        if attached.applied >= log_len {
+            return;
+        }
+        let sql = self.session_log[attached.applied..].join(";\n");
+        if let Err(err) = to_server::query(attached.conn.conn.out(), &sql) {
+            tracing::warn!(%err, "session state could not be replayed");
+            return;
+        }
+        attached.marks.push_back(Mark {
+            internal: true,
+            parse: attached.sent_parse,
+            close: attached.sent_close,
+            had_error: false,
+            state: None,
+            began_tx: false,
+        });
+        attached.applied = log_len;
+    }
+
+    /// Remembers a session-state statement that completed on `slot`.
+    pub(super) fn remember_state(&mut self, slot: usize, sql: std::sync::Arc<str>) {
+        if self.session_log.len() >= MAX_SESSION_LOG {
+            if !self.pinned {
+                tracing::info!(
+                    "session changed its settings {MAX_SESSION_LOG} times; pinning it to the primary"
+                );
+                self.pinned = true;
+            }
+            return;
+        }
+        let up_to_date = self.servers[slot]
+            .as_ref()
+            .is_some_and(|a| a.applied == self.session_log.len());
+        self.session_log.push(sql);
+        if up_to_date {
+            if let Some(attached) = self.servers[slot].as_mut() {
+                attached.applied = self.session_log.len();
+            }
+        }
+    }
+}
+
+/// Before a message that uses or creates a named statement, makes the server's
+/// set of statements match what the client expects, injecting Close/Parse whose
+/// answers are swallowed.
+fn prepare_statement_for(attached: &mut Attached, need: &Need) {
+    match need {
+        Need::Nothing => {}
+        Need::Statement(name, statement) => {
+            if attached.conn.conn.prepared.get(name) == Some(&statement.hash) {
+                return;
+            }
+            inject_close_if_present(attached, name);
+            attached
+                .conn
+                .conn
+                .out()
+                .extend_from_slice(&statement.parse.raw);
+            attached
+                .swallow
+                .push((backend_tag::PARSE_COMPLETE, attached.sent_parse));
+            attached.sent_parse += 1;
+            attached
+                .conn
+                .conn
+                .prepared
+                .insert(name.clone(), statement.hash);
+        }
+        Need::Creates {
+            name,
+            hash,
+            stale_ok,
+        } => {
+            if *stale_ok {
+                inject_close_if_present(attached, name);
+            }
+            attached.sent_parse += 1;
+            attached.conn.conn.prepared.insert(name.clone(), *hash);
+        }
+        Need::Closes(name) => {
+            attached.sent_close += 1;
+            attached.conn.conn.prepared.remove(name);
+        }
+    }
+}
+
+/// A named statement left on this connection from before the client closed or
+/// replaced it elsewhere must go before the client's Parse re-creates it.
+fn inject_close_if_present(attached: &mut Attached, name: &str) {
+    if name.is_empty() || !attached.conn.conn.prepared.contains_key(name) {
+        return;
+    }
+    if to_server::close_statement(attached.conn.conn.out(), name).is_ok() {
+        attached
+            .swallow
+            .push((backend_tag::CLOSE_COMPLETE, attached.sent_close));
+        attached.sent_close += 1;
+        attached.conn.conn.prepared.remove(name);
+    }
+}

@@ -1,0 +1,171 @@
+//! Server → client: relays frames unchanged, swallowing only the answers to
+//! messages pgrouter injected, and keeps the session's view of each connection
+//! (transaction status, in-flight syncs) current.
+
+use super::session::{PRIMARY, Session};
+use crate::backend::BackendError;
+use crate::protocol::build::{self, Severity};
+use crate::protocol::fields::error_fields;
+use crate::protocol::{Frame, backend_tag, sqlstate, tx_status};
+
+impl Session {
+    /// Handles every frame already buffered from `slot`.
+    pub(super) fn drain_server(&mut self, slot: usize) {
+        loop {
+            let Some(attached) = self.servers[slot].as_mut() else {
+                return;
+            };
+            match attached.conn.conn.try_next() {
+                Ok(Some(frame)) => self.on_server_frame(slot, frame),
+                Ok(None) => return,
+                Err(err) => {
+                    self.server_lost(slot, &err);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_server_frame(&mut self, slot: usize, frame: Frame) {
+        let Some(attached) = self.servers[slot].as_mut() else {
+            return;
+        };
+        match frame.tag {
+            backend_tag::PARSE_COMPLETE | backend_tag::CLOSE_COMPLETE => {
+                let counter = if frame.tag == backend_tag::PARSE_COMPLETE {
+                    &mut attached.seen_parse
+                } else {
+                    &mut attached.seen_close
+                };
+                let index = *counter;
+                *counter += 1;
+                if let Some(pos) = attached
+                    .swallow
+                    .iter()
+                    .position(|&(t, i)| t == frame.tag && i == index)
+                {
+                    attached.swallow.swap_remove(pos);
+                    return;
+                }
+            }
+            backend_tag::PARAMETER_STATUS => attached.conn.conn.note_parameter(&frame),
+            backend_tag::ERROR_RESPONSE => {
+                if let Some(mark) = attached.marks.front_mut() {
+                    mark.had_error = true;
+                    if mark.internal {
+                        let (code, message) = error_fields(frame.body());
+                        tracing::warn!(
+                            server = attached.conn.conn.addr(),
+                            code,
+                            message,
+                            "replaying session state failed"
+                        );
+                    }
+                }
+            }
+            backend_tag::READY_FOR_QUERY => return self.on_ready(slot, frame),
+            _ => {}
+        }
+        match attached.marks.front().map(|m| m.internal) {
+            Some(true) => {}
+            Some(false) => self.out.extend_from_slice(&frame.raw),
+            // Nothing in flight: only asynchronous messages are expected here.
+            None => match frame.tag {
+                backend_tag::NOTIFICATION_RESPONSE | backend_tag::NOTICE_RESPONSE => {
+                    self.out.extend_from_slice(&frame.raw)
+                }
+                backend_tag::PARAMETER_STATUS if slot == PRIMARY => {
+                    self.out.extend_from_slice(&frame.raw)
+                }
+                _ if self.open == Some(slot) => self.out.extend_from_slice(&frame.raw),
+                other => {
+                    tracing::debug!(tag = %(other as char), "dropped an unsolicited server message")
+                }
+            },
+        }
+    }
+
+    fn on_ready(&mut self, slot: usize, frame: Frame) {
+        let Some(attached) = self.servers[slot].as_mut() else {
+            return;
+        };
+        let status = frame.body().first().copied().unwrap_or(tx_status::IDLE);
+        attached.conn.conn.tx_status = status;
+        let Some(mark) = attached.marks.pop_front() else {
+            tracing::warn!(
+                server = attached.conn.conn.addr(),
+                "unexpected ReadyForQuery from server"
+            );
+            return;
+        };
+        // Every Parse/Close sent before this Sync has been answered or skipped
+        // (after an error the server skips to Sync), so counters resynchronise here.
+        attached.seen_parse = mark.parse;
+        attached.seen_close = mark.close;
+        attached.swallow.retain(|&(tag, index)| {
+            let done = if tag == backend_tag::PARSE_COMPLETE {
+                mark.parse
+            } else {
+                mark.close
+            };
+            index >= done
+        });
+        let idle = attached.marks.is_empty();
+        if !mark.internal {
+            self.tx_status = status;
+            if mark.began_tx {
+                self.tx_pending = false;
+            }
+            self.out.extend_from_slice(&frame.raw);
+            if let Some(sql) = mark.state.filter(|_| !mark.had_error) {
+                self.remember_state(slot, sql);
+            }
+        }
+        if idle && self.open != Some(slot) {
+            self.set_active(None);
+        }
+    }
+
+    /// A server connection failed. Every sync the client still waits for on it
+    /// gets an error and ReadyForQuery, so the client's session stays usable; the
+    /// next statement gets a fresh connection.
+    pub(super) fn server_lost(&mut self, slot: usize, err: &BackendError) {
+        let Some(attached) = self.servers[slot].take() else {
+            return;
+        };
+        let node = attached.conn.conn.node;
+        let waiting = attached.marks.iter().filter(|m| !m.internal).count();
+        let was_open = self.open == Some(slot);
+        tracing::warn!(%err, waiting, "server connection lost");
+        let message = format!("pgrouter lost the server connection: {err}");
+        for _ in 0..waiting {
+            build::error_response(
+                &mut self.out,
+                Severity::Error,
+                sqlstate::CONNECTION_FAILURE,
+                &message,
+            );
+            build::ready_for_query(&mut self.out, tx_status::IDLE);
+        }
+        if was_open {
+            build::error_response(
+                &mut self.out,
+                Severity::Error,
+                sqlstate::CONNECTION_FAILURE,
+                &message,
+            );
+            self.discard_until_sync = true;
+            self.open = None;
+        }
+        if slot == PRIMARY {
+            // The transaction died with the connection.
+            self.tx_status = tx_status::IDLE;
+            self.tx_pending = false;
+        }
+        if self.active == Some(slot) {
+            self.set_active(None);
+        }
+        self.shared.pools.drop_idle_for(node);
+        // Dropping `attached` closes the socket and frees its pool place.
+    }
+}

@@ -1,0 +1,421 @@
+//! One client's session: the state that must stay coherent across the server
+//! connections it uses, and the event loop that moves frames.
+//!
+//! Ordering rule that keeps responses in order without reordering buffers: at
+//! most one server connection has client work in flight at a time. A batch for
+//! the other connection waits (and the client is not read) until the first one
+//! answered everything; batches for the same connection pipeline freely.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::SessionError;
+use super::batch::{Batch, Statement};
+use crate::backend::{BackendError, CancelTarget, Login};
+use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
+use crate::protocol::build::{self, Severity};
+use crate::protocol::{FramedReader, sqlstate, tx_status};
+use crate::server::{CancelSlot, Shared};
+
+/// Index of the primary connection in `Session::servers`.
+pub(super) const PRIMARY: usize = 0;
+/// Index of the replica connection in `Session::servers`.
+pub(super) const REPLICA: usize = 1;
+
+/// One expected ReadyForQuery on a server connection.
+pub(super) struct Mark {
+    /// Sent by pgrouter itself (session replay): its responses are not relayed.
+    pub internal: bool,
+    /// Parse/Close messages sent up to this Sync, to resynchronise counters.
+    pub parse: u64,
+    pub close: u64,
+    pub had_error: bool,
+    /// A session-state statement to remember once this completes without error.
+    pub state: Option<Arc<str>>,
+    pub began_tx: bool,
+}
+
+/// A server connection attached to the session, with relay bookkeeping.
+pub(super) struct Attached {
+    pub conn: PooledConn,
+    pub cancel: Arc<CancelTarget>,
+    pub marks: VecDeque<Mark>,
+    pub sent_parse: u64,
+    pub sent_close: u64,
+    pub seen_parse: u64,
+    pub seen_close: u64,
+    /// (tag, index) of ParseComplete/CloseComplete answers to messages pgrouter
+    /// injected, which the client must not see.
+    pub swallow: Vec<(u8, u64)>,
+    /// How many entries of the session log this connection has applied.
+    pub applied: usize,
+}
+
+/// What to do after a client message.
+#[derive(PartialEq, Eq)]
+pub(super) enum Flow {
+    Continue,
+    Stop,
+}
+
+pub(crate) struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) login: Login,
+    pub(super) client_in: FramedReader<OwnedReadHalf>,
+    client_write: OwnedWriteHalf,
+    /// Bytes for the client, written once per loop turn.
+    pub(super) out: BytesMut,
+    pub(super) servers: [Option<Attached>; 2],
+    /// The connection with client work in flight, if any.
+    pub(super) active: Option<usize>,
+    /// The connection an unsynced batch (after Flush) went to: it gets the rest.
+    pub(super) open: Option<usize>,
+    /// Extended-protocol messages collected up to Sync or Flush.
+    pub(super) batch: Batch,
+    /// A complete batch waiting for the other connection to finish.
+    pub(super) ready: Option<(usize, Batch, bool)>,
+    /// The client's prepared statements by name ("" is the unnamed one).
+    pub(super) statements: HashMap<String, Arc<Statement>>,
+    /// Session-state statements (SET, RESET, ...) in order, replayed on every
+    /// connection the session uses.
+    pub(super) session_log: Vec<Arc<str>>,
+    pub(super) tx_status: u8,
+    /// A BEGIN was sent but its ReadyForQuery has not come back yet.
+    pub(super) tx_pending: bool,
+    /// The session must stay on the primary (temp tables, LISTEN, ...).
+    pub(super) pinned: bool,
+    /// After an error pgrouter raised inside an extended batch: drop messages up
+    /// to Sync, as a server would.
+    pub(super) discard_until_sync: bool,
+    pub(super) last_slot: usize,
+    cancel_slot: CancelSlot,
+    cancel_key: (i32, i32),
+    shutdown: watch::Receiver<bool>,
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(usize, Result<(), BackendError>),
+    Shutdown,
+}
+
+impl Session {
+    /// Attaches the primary, greets the client and runs the session.
+    pub(super) async fn start(
+        shared: Arc<Shared>,
+        login: Login,
+        client_in: FramedReader<OwnedReadHalf>,
+        client_write: OwnedWriteHalf,
+        out: BytesMut,
+    ) -> Result<(), SessionError> {
+        let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
+        let cancel_key = shared.new_cancel_key(cancel_slot.clone());
+        let shutdown = shared.shutdown.clone();
+        let mut session = Session {
+            shared,
+            login,
+            client_in,
+            client_write,
+            out,
+            servers: [None, None],
+            active: None,
+            open: None,
+            batch: Batch::default(),
+            ready: None,
+            statements: HashMap::new(),
+            session_log: Vec::new(),
+            tx_status: tx_status::IDLE,
+            tx_pending: false,
+            pinned: false,
+            discard_until_sync: false,
+            last_slot: PRIMARY,
+            cancel_slot,
+            cancel_key,
+            shutdown,
+        };
+        let result = session.greet_and_run().await;
+        session.finish().await;
+        result
+    }
+
+    async fn greet_and_run(&mut self) -> Result<(), SessionError> {
+        if let Err(err) = self.attach_primary().await {
+            self.refuse(&err);
+            let _ = self.flush_client().await;
+            return Err(err.into());
+        }
+        if let Some(primary) = &self.servers[PRIMARY] {
+            for (name, value) in &primary.conn.conn.params {
+                build::parameter_status(&mut self.out, name, value);
+            }
+        }
+        build::backend_key_data(&mut self.out, self.cancel_key.0, self.cancel_key.1);
+        build::ready_for_query(&mut self.out, tx_status::IDLE);
+        self.flush_client().await?;
+        self.run().await
+    }
+
+    /// Tells the client why it could not be served: the server's own error when
+    /// there is one (e.g. 3D000 for a missing database), else a connection error.
+    pub(super) fn refuse(&mut self, err: &PoolError) {
+        match err {
+            PoolError::Backend(BackendError::Server { raw, .. }) => self.out.extend_from_slice(raw),
+            PoolError::Exhausted { .. } => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::TOO_MANY_CONNECTIONS,
+                &err.to_string(),
+            ),
+            PoolError::Backend(_) => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::UNABLE_TO_CONNECT,
+                &err.to_string(),
+            ),
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), SessionError> {
+        loop {
+            for slot in [PRIMARY, REPLICA] {
+                self.drain_server(slot);
+            }
+            if let Some((slot, batch, ends_sync)) = self.ready.take() {
+                if self.conflicts(slot) {
+                    self.ready = Some((slot, batch, ends_sync));
+                } else {
+                    self.dispatch(slot, batch, ends_sync).await;
+                }
+            }
+            while self.ready.is_none() {
+                let frame = match self.client_in.try_next() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(err) => {
+                        return self
+                            .fatal(sqlstate::PROTOCOL_VIOLATION, &err.to_string())
+                            .await;
+                    }
+                };
+                match self.on_client_frame(frame).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => {
+                        self.flush_client().await?;
+                        return Ok(());
+                    }
+                    Err(SessionError::ClientProtocol(problem)) => {
+                        return self.fatal(sqlstate::PROTOCOL_VIOLATION, &problem).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            self.flush_all().await?;
+            match self.wait().await {
+                Event::Client(Ok(0)) => return Ok(()),
+                Event::Client(Ok(_)) => {}
+                Event::Client(Err(err)) => return Err(err.into()),
+                Event::Server(_, Ok(())) => {}
+                Event::Server(slot, Err(err)) => self.server_lost(slot, &err),
+                Event::Shutdown => {
+                    return self
+                        .fatal(
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "terminating connection because pgrouter is shutting down",
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Waits for bytes from the client (unless a batch is waiting) or any server.
+    async fn wait(&mut self) -> Event {
+        let [primary, replica] = &mut self.servers;
+        let client_blocked = self.ready.is_some();
+        tokio::select! {
+            read = self.client_in.fill(), if !client_blocked => Event::Client(read),
+            read = fill(primary) => Event::Server(PRIMARY, read),
+            read = fill(replica) => Event::Server(REPLICA, read),
+            _ = self.shutdown.wait_for(|stop| *stop) => Event::Shutdown,
+        }
+    }
+
+    /// Sends a FATAL error and ends the session.
+    pub(super) async fn fatal(&mut self, code: &str, message: &str) -> Result<(), SessionError> {
+        tracing::info!(code, message, "closing client session");
+        build::error_response(&mut self.out, Severity::Fatal, code, message);
+        let _ = self.flush_client().await;
+        if code == sqlstate::PROTOCOL_VIOLATION {
+            return Err(SessionError::ClientProtocol(message.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            self.client_write.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<(), SessionError> {
+        for slot in [PRIMARY, REPLICA] {
+            let failed = match &mut self.servers[slot] {
+                Some(attached) if attached.conn.conn.has_output() => {
+                    attached.conn.conn.flush().await.err()
+                }
+                _ => None,
+            };
+            if let Some(err) = failed {
+                self.server_lost(slot, &err);
+            }
+        }
+        self.flush_client().await
+    }
+
+    /// Whether a batch for `slot` must wait for the other connection.
+    pub(super) fn conflicts(&self, slot: usize) -> bool {
+        self.active.is_some_and(|active| active != slot)
+    }
+
+    /// Marks `slot` as running client work, for ordering and cancel requests.
+    pub(super) fn set_active(&mut self, slot: Option<usize>) {
+        if self.active == slot {
+            return;
+        }
+        self.active = slot;
+        let target = slot
+            .and_then(|s| self.servers[s].as_ref())
+            .map(|a| a.cancel.clone());
+        *self.cancel_slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    /// The connection for the primary, checked out if needed.
+    pub(super) async fn attach_primary(&mut self) -> Result<(), PoolError> {
+        let primary = self.shared.topology.load().primary;
+        if let Some(attached) = &self.servers[PRIMARY] {
+            if attached.conn.conn.node == primary {
+                return Ok(());
+            }
+        }
+        self.detach(PRIMARY).await;
+        let conn = self.checkout(primary).await?;
+        self.servers[PRIMARY] = Some(attach(conn));
+        Ok(())
+    }
+
+    /// The connection for a replica that may take reads now; false when none can.
+    pub(super) async fn attach_replica(&mut self) -> bool {
+        let config = self.shared.config.load();
+        let (max_lag, stale_after) = (
+            config.monitor.max_replica_lag_bytes,
+            config.monitor.interval * 5,
+        );
+        let topology = self.shared.topology.load();
+        if let Some(attached) = &self.servers[REPLICA] {
+            if topology.replica_eligible(attached.conn.conn.node, max_lag, stale_after) {
+                return true;
+            }
+        }
+        self.detach(REPLICA).await;
+        let turn = self
+            .shared
+            .replica_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(node) = topology.pick_replica(turn, max_lag, stale_after) else {
+            return false;
+        };
+        match self.checkout(node).await {
+            Ok(conn) => {
+                self.servers[REPLICA] = Some(attach(conn));
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, "replica connection failed; reading from the primary");
+                false
+            }
+        }
+    }
+
+    async fn checkout(&self, node: usize) -> Result<PooledConn, PoolError> {
+        let config = self.shared.config.load();
+        let addr = config
+            .nodes
+            .get(node)
+            .map(|n| NodeAddr {
+                host: n.host.clone(),
+                port: n.port,
+                name: n.display_name(),
+            })
+            .ok_or_else(|| {
+                PoolError::Backend(BackendError::Protocol {
+                    addr: format!("node #{node}"),
+                    problem: "node no longer configured".into(),
+                })
+            })?;
+        let key = PoolKey {
+            node,
+            user: self.login.user.clone(),
+            database: self.login.database.clone(),
+            params: self.login.params.clone(),
+        };
+        let settings = PoolSettings {
+            pool_size: config.pool.pool_size,
+            checkout_timeout: config.pool.checkout_timeout,
+            connect_timeout: config.pool.connect_timeout,
+            max_message: config.limits.max_message_size,
+        };
+        self.shared
+            .pools
+            .checkout(&key, &addr, &self.login, settings)
+            .await
+    }
+
+    /// Gives a connection back: to its pool when it is clean, else closed.
+    pub(super) async fn detach(&mut self, slot: usize) {
+        let Some(attached) = self.servers[slot].take() else {
+            return;
+        };
+        if self.active == Some(slot) {
+            self.set_active(None);
+        }
+        if attached.marks.is_empty() && attached.conn.conn.tx_status == tx_status::IDLE {
+            attached.conn.release().await;
+        }
+    }
+
+    async fn finish(&mut self) {
+        self.shared.forget_cancel_key(self.cancel_key);
+        for slot in [PRIMARY, REPLICA] {
+            self.detach(slot).await;
+        }
+    }
+}
+
+fn attach(conn: PooledConn) -> Attached {
+    Attached {
+        cancel: Arc::new(conn.conn.cancel_target()),
+        conn,
+        marks: VecDeque::new(),
+        sent_parse: 0,
+        sent_close: 0,
+        seen_parse: 0,
+        seen_close: 0,
+        swallow: Vec::new(),
+        applied: 0,
+    }
+}
+
+/// Reads from an attached connection; never completes for an empty slot.
+async fn fill(slot: &mut Option<Attached>) -> Result<(), BackendError> {
+    match slot {
+        Some(attached) => attached.conn.conn.fill().await,
+        None => std::future::pending().await,
+    }
+}

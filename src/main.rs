@@ -1,0 +1,280 @@
+//! The `pgrouter` command: `run` (production), `check-config`, and `demo` (a
+//! local primary + replicas cluster with the router in front).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use pgrouter::cluster::{Cluster, ClusterSpec};
+use pgrouter::config::{Config, NodeConfig, NodeRole};
+use pgrouter::{Router, RouterHandle};
+
+#[derive(Parser)]
+#[command(
+    name = "pgrouter",
+    version,
+    about = "A replica-aware PostgreSQL connection router"
+)]
+struct Cli {
+    /// Config file (same as `pgrouter run --config FILE`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients with the given config (the production entry point).
+    Run,
+    /// Validate a config file and print the effective settings.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Start a local primary + 2 replicas and the router in front of them.
+    Demo {
+        /// Port the router listens on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        /// Port of the primary; replicas use the next two.
+        #[arg(long, default_value_t = 15432)]
+        cluster_port: u16,
+        /// Where the cluster's data lives (reused and wiped on each start).
+        #[arg(long, default_value = "/tmp/pgrouter-demo")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(path) = cli.config else {
+                bail!(
+                    "no config given: use `pgrouter run --config FILE` (see config/pgrouter.toml)"
+                );
+            };
+            let config = Config::load(&path)?;
+            runtime.block_on(serve(config, Some(path)))
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", config.describe());
+            println!("config OK: {}", file.display());
+            Ok(())
+        }
+        Command::Demo {
+            port,
+            cluster_port,
+            dir,
+        } => runtime.block_on(demo(port, cluster_port, dir, cli.config)),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+/// Runs the router until SIGINT/SIGTERM; SIGHUP reloads `config_path`.
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "pgrouter accepting connections");
+    let router = Router::new(config)?;
+    let handle = router.handle();
+    let reloader = tokio::spawn(reload_on_sighup(handle, config_path));
+    let result = router.serve(listener, stop_signal()).await;
+    reloader.abort();
+    Ok(result?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch SIGTERM; Ctrl-C still works");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// The `sighup` task: re-reads the config; a bad file is logged and ignored.
+async fn reload_on_sighup(handle: RouterHandle, path: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(path) = path else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let result = Config::load(&path).and_then(|new| {
+            let mut new = new;
+            // The demo's node list comes from its own cluster, not the file.
+            let current = handle.config();
+            if new.nodes.is_empty() {
+                new.nodes = current.nodes.clone();
+            }
+            handle.reload(new)
+        });
+        match result {
+            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+            Err(err) => {
+                tracing::error!(%err, "config reload rejected; the previous config stays in force")
+            }
+        }
+    }
+}
+
+async fn demo(
+    port: u16,
+    cluster_port: u16,
+    dir: PathBuf,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    println!(
+        "starting a local primary + 2 replicas in {} ...",
+        dir.display()
+    );
+    let cluster = Cluster::start(ClusterSpec {
+        base_port: Some(cluster_port),
+        dir: Some(dir),
+        ..ClusterSpec::default()
+    })
+    .await
+    .context("starting the demo cluster")?;
+    let mut config = match &config_path {
+        // The file's node list is replaced by the demo cluster's, so it is checked after that.
+        Some(path) => Config::load_unvalidated(path)?,
+        None => demo_config(&cluster),
+    };
+    config.listen = format!("127.0.0.1:{port}");
+    config.nodes = cluster_nodes(&cluster);
+    if config.users.is_empty() {
+        config.users = demo_config(&cluster).users;
+    }
+    config.validate()?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let user = config
+        .users
+        .first()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
+    let password = config
+        .users
+        .first()
+        .and_then(|u| u.password.clone())
+        .unwrap_or_default();
+    let router = Router::new(config)?;
+    let handle = router.handle();
+    let status = tokio::spawn(status_lines(handle.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(handle, config_path));
+    let served = tokio::spawn(router.serve(listener, stop_signal()));
+    println!("ready: postgres://{user}:{password}@127.0.0.1:{port}/postgres");
+    let result = served.await;
+    status.abort();
+    reloader.abort();
+    println!("stopping the cluster ...");
+    cluster
+        .shutdown()
+        .await
+        .context("stopping the demo cluster")?;
+    println!("stopped");
+    result.context("router task")??;
+    Ok(())
+}
+
+fn cluster_nodes(cluster: &Cluster) -> Vec<NodeConfig> {
+    cluster
+        .nodes()
+        .into_iter()
+        .map(|n| NodeConfig {
+            name: Some(n.name.clone()),
+            host: n.host.clone(),
+            port: n.port,
+            role: match n.role {
+                pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
+                pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,
+            },
+        })
+        .collect()
+}
+
+fn demo_config(cluster: &Cluster) -> Config {
+    let text = format!(
+        "[[users]]\nname = \"{0}\"\npassword = \"{1}\"\n\n[[nodes]]\nhost = \"127.0.0.1\"\nport = 1\nrole = \"primary\"\n",
+        cluster.superuser(),
+        cluster.password()
+    );
+    // A fixed, valid template: parsing it cannot fail short of a bug, which the
+    // demo test would catch.
+    match Config::from_toml(&text, "built-in demo config") {
+        Ok(config) => config,
+        Err(err) => panic!("built-in demo config is invalid: {err}"),
+    }
+}
+
+/// The `status` task: one line every five seconds.
+async fn status_lines(handle: RouterHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let topology = handle.topology();
+        let routed = handle.stats().routed();
+        let parts: Vec<String> = topology
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let role = if i == topology.primary {
+                    "primary"
+                } else {
+                    "replica"
+                };
+                let lag = match (i == topology.primary, n.lag_bytes, n.up) {
+                    (_, _, false) => " DOWN".to_owned(),
+                    (true, _, true) => String::new(),
+                    (false, Some(lag), true) => format!(" lag={lag}B"),
+                    (false, None, true) => " lag=?".to_owned(),
+                };
+                format!(
+                    "{} ({role}) routed={}{lag}",
+                    n.name,
+                    routed.get(i).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        println!(
+            "status: clients={} | {}",
+            handle
+                .stats()
+                .clients
+                .load(std::sync::atomic::Ordering::Relaxed),
+            parts.join(" | ")
+        );
+    }
+}

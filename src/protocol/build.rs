@@ -1,0 +1,221 @@
+//! Messages pgrouter itself sends. To clients: built with `pgwire`'s message types.
+//! To servers: `postgres-protocol`'s frontend encoders (already a dependency of
+//! tokio-postgres, so no extra build cost). Each function appends to a buffer.
+
+use bytes::BytesMut;
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+
+use super::tx_status;
+
+/// Severity of a synthetic error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends after this message.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+fn encode(message: PgWireBackendMessage, buf: &mut BytesMut) {
+    // Encoding into a BytesMut only fails for messages over pgwire's size limits;
+    // everything pgrouter builds is small, so a failure would be a bug worth logging.
+    if let Err(err) = message.encode(buf) {
+        tracing::error!(%err, "failed to encode a message pgrouter built");
+    }
+}
+
+/// ErrorResponse with severity, SQLSTATE and message; `M` mentions pgrouter so
+/// operators can tell the router's errors from the server's.
+pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
+    let fields = vec![
+        (b'S', severity.as_str().to_owned()),
+        (b'V', severity.as_str().to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    encode(
+        PgWireBackendMessage::ErrorResponse(ErrorResponse::new(fields)),
+        buf,
+    );
+}
+
+/// NoticeResponse at WARNING level.
+pub fn warning_notice(buf: &mut BytesMut, code: &str, message: &str) {
+    let fields = vec![
+        (b'S', "WARNING".to_owned()),
+        (b'V', "WARNING".to_owned()),
+        (b'C', code.to_owned()),
+        (b'M', message.to_owned()),
+    ];
+    encode(
+        PgWireBackendMessage::NoticeResponse(NoticeResponse::new(fields)),
+        buf,
+    );
+}
+
+/// ReadyForQuery with a raw status byte (I, T or E).
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    let status = match status {
+        tx_status::IN_TRANSACTION => TransactionStatus::Transaction,
+        tx_status::FAILED => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    encode(
+        PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status)),
+        buf,
+    );
+}
+
+pub fn auth_ok(buf: &mut BytesMut) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::Ok),
+        buf,
+    );
+}
+
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::MD5Password(salt.to_vec())),
+        buf,
+    );
+}
+
+pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    let mechanisms = mechanisms.iter().map(|m| (*m).to_owned()).collect();
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::SASL(mechanisms)),
+        buf,
+    );
+}
+
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::SASLContinue(
+            bytes::Bytes::copy_from_slice(data),
+        )),
+        buf,
+    );
+}
+
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    encode(
+        PgWireBackendMessage::Authentication(Authentication::SASLFinal(
+            bytes::Bytes::copy_from_slice(data),
+        )),
+        buf,
+    );
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    encode(
+        PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+            name.to_owned(),
+            value.to_owned(),
+        )),
+        buf,
+    );
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    encode(
+        PgWireBackendMessage::BackendKeyData(BackendKeyData::new(pid, SecretKey::I32(secret))),
+        buf,
+    );
+}
+
+/// Tells a client asking for protocol 3.x (x > 0) that 3.0 is spoken, as PostgreSQL 15 does.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported_options: Vec<String>) {
+    encode(
+        PgWireBackendMessage::NegotiateProtocolVersion(NegotiateProtocolVersion::new(
+            0,
+            unsupported_options,
+        )),
+        buf,
+    );
+}
+
+/// Frontend messages pgrouter sends to servers.
+pub mod to_server {
+    use bytes::BytesMut;
+    use postgres_protocol::message::frontend;
+
+    /// A simple Query. Fails only for a NUL inside `sql`.
+    pub fn query(buf: &mut BytesMut, sql: &str) -> std::io::Result<()> {
+        frontend::query(sql, buf)
+    }
+
+    /// Close of a prepared statement.
+    pub fn close_statement(buf: &mut BytesMut, name: &str) -> std::io::Result<()> {
+        frontend::close(super::super::target_kind::STATEMENT, name, buf)
+    }
+
+    pub fn terminate(buf: &mut BytesMut) {
+        frontend::terminate(buf)
+    }
+
+    pub fn cancel_request(buf: &mut BytesMut, pid: i32, secret: i32) {
+        frontend::cancel_request(pid, secret, buf)
+    }
+
+    pub fn startup<'a>(
+        buf: &mut BytesMut,
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> std::io::Result<()> {
+        frontend::startup_message(params, buf)
+    }
+
+    pub fn password(buf: &mut BytesMut, password: &[u8]) -> std::io::Result<()> {
+        frontend::password_message(password, buf)
+    }
+
+    pub fn sasl_initial_response(
+        buf: &mut BytesMut,
+        mechanism: &str,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        frontend::sasl_initial_response(mechanism, data, buf)
+    }
+
+    pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) -> std::io::Result<()> {
+        frontend::sasl_response(data, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::fields::error_fields;
+    use crate::protocol::framer::try_decode;
+
+    #[test]
+    fn error_response_round_trips_through_framer() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Error, "08P01", "bad message");
+        let frame = try_decode(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(frame.tag, b'E');
+        assert_eq!(
+            error_fields(frame.body()),
+            ("08P01".into(), "bad message".into())
+        );
+    }
+
+    #[test]
+    fn ready_for_query_bytes() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, b'T');
+        assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, b'T']);
+    }
+}

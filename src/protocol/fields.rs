@@ -1,0 +1,191 @@
+//! Bounds-checked readers for the message bodies routing needs. Every accessor
+//! returns an error instead of panicking on short or malformed input.
+
+/// A body that did not have the shape its tag promises.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {message} message: {problem}")]
+pub struct FieldError {
+    pub message: &'static str,
+    pub problem: &'static str,
+}
+
+/// A cursor over a message body.
+pub struct Fields<'a> {
+    body: &'a [u8],
+    message: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(body: &'a [u8], message: &'static str) -> Self {
+        Self { body, message }
+    }
+
+    fn err(&self, problem: &'static str) -> FieldError {
+        FieldError {
+            message: self.message,
+            problem,
+        }
+    }
+
+    /// A NUL-terminated string, as raw bytes.
+    pub fn cstr_bytes(&mut self) -> Result<&'a [u8], FieldError> {
+        let end = self
+            .body
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| self.err("missing string terminator"))?;
+        let (s, rest) = self.body.split_at(end);
+        self.body = &rest[1..];
+        Ok(s)
+    }
+
+    /// A NUL-terminated UTF-8 string.
+    pub fn cstr(&mut self) -> Result<&'a str, FieldError> {
+        let bytes = self.cstr_bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.err("string is not UTF-8"))
+    }
+
+    pub fn u8(&mut self) -> Result<u8, FieldError> {
+        let (&b, rest) = self
+            .body
+            .split_first()
+            .ok_or_else(|| self.err("truncated"))?;
+        self.body = rest;
+        Ok(b)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, FieldError> {
+        let bytes = self.take(2)?;
+        Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, FieldError> {
+        let bytes = self.take(4)?;
+        Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], FieldError> {
+        if self.body.len() < n {
+            return Err(self.err("truncated"));
+        }
+        let (head, rest) = self.body.split_at(n);
+        self.body = rest;
+        Ok(head)
+    }
+
+    pub fn rest(&self) -> &'a [u8] {
+        self.body
+    }
+}
+
+/// Query: the SQL text.
+pub fn query_text(body: &[u8]) -> Result<&str, FieldError> {
+    Fields::new(body, "Query").cstr()
+}
+
+/// Parse: statement name and SQL text (parameter types follow, untouched).
+pub fn parse_message(body: &[u8]) -> Result<(&str, &str), FieldError> {
+    let mut f = Fields::new(body, "Parse");
+    let name = f.cstr()?;
+    let query = f.cstr()?;
+    let count = f.i16()?;
+    if count < 0 || f.rest().len() != count as usize * 4 {
+        return Err(f.err("parameter type count does not match length"));
+    }
+    Ok((name, query))
+}
+
+/// Bind: portal name and statement name.
+pub fn bind_message(body: &[u8]) -> Result<(&str, &str), FieldError> {
+    let mut f = Fields::new(body, "Bind");
+    let portal = f.cstr()?;
+    let statement = f.cstr()?;
+    Ok((portal, statement))
+}
+
+/// Describe or Close: kind ('S' or 'P') and name.
+pub fn target_message<'a>(
+    body: &'a [u8],
+    message: &'static str,
+) -> Result<(u8, &'a str), FieldError> {
+    let mut f = Fields::new(body, message);
+    let kind = f.u8()?;
+    if kind != super::target_kind::STATEMENT && kind != super::target_kind::PORTAL {
+        return Err(f.err("kind must be 'S' or 'P'"));
+    }
+    let name = f.cstr()?;
+    Ok((kind, name))
+}
+
+/// Execute: portal name.
+pub fn execute_message(body: &[u8]) -> Result<&str, FieldError> {
+    let mut f = Fields::new(body, "Execute");
+    let portal = f.cstr()?;
+    f.i32()?;
+    Ok(portal)
+}
+
+/// ParameterStatus: name and value.
+pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), FieldError> {
+    let mut f = Fields::new(body, "ParameterStatus");
+    Ok((f.cstr()?, f.cstr()?))
+}
+
+/// ErrorResponse / NoticeResponse: the SQLSTATE (`C`) and message (`M`) fields.
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut f = Fields::new(body, "ErrorResponse");
+    let (mut code, mut message) = (String::new(), String::new());
+    while let Ok(kind) = f.u8() {
+        if kind == 0 {
+            break;
+        }
+        let Ok(value) = f.cstr_bytes() else { break };
+        let value = String::from_utf8_lossy(value).into_owned();
+        match kind {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_message_checks_counts() {
+        assert_eq!(
+            parse_message(b"s1\0select 1\0\0\0").unwrap(),
+            ("s1", "select 1")
+        );
+        assert_eq!(
+            parse_message(b"\0select $1\0\0\x01\0\0\0\x17").unwrap(),
+            ("", "select $1")
+        );
+        assert!(parse_message(b"s1\0select 1\0\0\x01").is_err());
+        assert!(parse_message(b"s1\0select 1").is_err());
+        assert!(parse_message(b"").is_err());
+    }
+
+    #[test]
+    fn target_and_execute() {
+        assert_eq!(
+            target_message(b"Sname\0", "Describe").unwrap(),
+            (b'S', "name")
+        );
+        assert!(target_message(b"Xname\0", "Describe").is_err());
+        assert!(execute_message(b"\0\0\0").is_err());
+        assert_eq!(execute_message(b"p\0\0\0\0\0").unwrap(), "p");
+    }
+
+    #[test]
+    fn error_fields_tolerate_garbage() {
+        assert_eq!(
+            error_fields(b"SERROR\0C42P01\0Mno table\0\0"),
+            ("42P01".into(), "no table".into())
+        );
+        assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
+    }
+}

@@ -1,0 +1,241 @@
+//! The router as a whole: shared state, the accept loop and ordered shutdown.
+//! Everything a session needs is reached through one `Arc<Shared>`; there are no
+//! globals, so several routers can run in one process (tests do).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backend::CancelTarget;
+use crate::config::Config;
+use crate::frontend::{self, ClientSecrets};
+use crate::monitor::{self, Topology, TopologyHandle};
+use crate::pool::Pools;
+use crate::router::ClassifierCache;
+
+/// Errors that stop the router as a whole (never a single client's problem).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("accepting connections failed: {0}")]
+    Accept(#[source] std::io::Error),
+    #[error("invalid config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Statements routed per node, for status lines and the admin console.
+#[derive(Debug)]
+pub struct Stats {
+    routed: Vec<AtomicU64>,
+    pub clients: AtomicUsize,
+}
+
+impl Stats {
+    fn new(nodes: usize) -> Self {
+        Self {
+            routed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn count_routed(&self, node: usize) {
+        if let Some(counter) = self.routed.get(node) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Statements routed to each node so far.
+    pub fn routed(&self) -> Vec<u64> {
+        self.routed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Cancel keys handed to clients, mapped to the slot that holds the server
+/// connection running that client's current query (None while idle).
+pub(crate) type CancelSlot = Arc<Mutex<Option<Arc<CancelTarget>>>>;
+
+/// State shared by all sessions of one router.
+pub(crate) struct Shared {
+    pub config: Arc<ArcSwap<Config>>,
+    pub secrets: ArcSwap<ClientSecrets>,
+    pub pools: Pools,
+    pub topology: TopologyHandle,
+    pub classifier: ClassifierCache,
+    pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
+    pub stats: Stats,
+    next_pid: AtomicI32,
+    pub replica_turn: AtomicUsize,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// A new cancel key for a client session.
+    pub fn new_cancel_key(&self, slot: CancelSlot) -> (i32, i32) {
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
+        let secret = rand::random::<i32>();
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((pid, secret), slot);
+        (pid, secret)
+    }
+
+    pub fn forget_cancel_key(&self, key: (i32, i32)) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+
+    pub fn cancel_slot(&self, key: (i32, i32)) -> Option<CancelSlot> {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+    }
+}
+
+/// A configured router, ready to serve.
+pub struct Router {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+/// A cheap handle for observing a running router (demo status line, tests).
+#[derive(Clone)]
+pub struct RouterHandle {
+    shared: Arc<Shared>,
+}
+
+impl RouterHandle {
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn topology(&self) -> Arc<Topology> {
+        self.shared.topology.load_full()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+
+    /// Swaps in a new, already validated config for new statements and sessions.
+    pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigError> {
+        config.validate()?;
+        let secrets = ClientSecrets::from_config(&config);
+        // Secrets first: a client authenticating during the swap sees old users with
+        // old secrets or new users with new ones, never a user without a secret.
+        self.shared.secrets.store(Arc::new(secrets));
+        self.shared.config.store(Arc::new(config));
+        Ok(())
+    }
+}
+
+impl Router {
+    /// Builds the shared state. Nothing runs until [`Router::serve`].
+    pub fn new(config: Config) -> Result<Router, RunError> {
+        config.validate()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let topology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
+        let shared = Shared {
+            secrets: ArcSwap::from_pointee(ClientSecrets::from_config(&config)),
+            stats: Stats::new(config.nodes.len()),
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            pools: Pools::default(),
+            topology,
+            classifier: ClassifierCache::new(10_000),
+            cancels: Mutex::new(HashMap::new()),
+            next_pid: AtomicI32::new(1),
+            replica_turn: AtomicUsize::new(0),
+            shutdown: shutdown_rx,
+        };
+        Ok(Router {
+            shared: Arc::new(shared),
+            shutdown_tx,
+        })
+    }
+
+    pub fn handle(&self) -> RouterHandle {
+        RouterHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves clients from `listener` until `shutdown` resolves, then stops
+    /// accepting, tells sessions to end, stops the monitor and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        let shared = self.shared;
+        // Order: the first measurement lands before the first client is accepted, so
+        // early reads can already go to replicas instead of all falling back.
+        let first_round = {
+            let config = shared.config.load_full();
+            let mut clients = Vec::new();
+            let wait = config.pool.connect_timeout.min(Duration::from_secs(3));
+            tokio::time::timeout(
+                wait,
+                monitor::poll::poll_once(&config, &shared.topology, &mut clients),
+            )
+            .await
+        };
+        if first_round.is_err() {
+            tracing::warn!("first health check did not finish in time; starting anyway");
+        }
+        let monitor = monitor::spawn_monitor(
+            shared.config.clone(),
+            shared.topology.clone(),
+            shared.shutdown.clone(),
+        );
+
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            frontend::serve_client(stream, peer, shared).await;
+                        });
+                    }
+                    // Per-connection failures (e.g. the peer reset before accept
+                    // returned, or fd exhaustion) must not stop the router.
+                    Err(err) => {
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break Ok(()),
+            }
+        };
+        // Order: stop accepting (listener dropped here), then signal sessions and the
+        // monitor, then wait for the monitor so no task outlives `serve`.
+        drop(listener);
+        let _ = self.shutdown_tx.send(true);
+        let _ = monitor.await;
+        shared.pools.clear_idle();
+        tracing::info!("router stopped");
+        result
+    }
+}
+
+/// Runs a router on `listener` with `config` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    Router::new(config)?.serve(listener, shutdown).await
+}
