@@ -57,6 +57,7 @@ impl Session {
                     had_error: false,
                     state: None,
                     began_tx: false,
+                    extended: frame.tag == frontend_tag::SYNC,
                 });
                 last_mark = Some(attached.marks.len() - 1);
             }
@@ -117,6 +118,7 @@ impl Session {
             had_error: false,
             state: None,
             began_tx: false,
+            extended: false,
         });
         attached.applied = log_len;
     }

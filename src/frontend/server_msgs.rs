@@ -50,23 +50,30 @@ impl Session {
             }
             backend_tag::PARAMETER_STATUS => attached.conn.conn.note_parameter(&frame),
             backend_tag::ERROR_RESPONSE => {
-                if let Some(mark) = attached.marks.front_mut() {
+                let addr = attached.conn.conn.addr().to_owned();
+                if let Some(mark) = attached.current_mark() {
                     mark.had_error = true;
                     if mark.internal {
                         let (code, message) = error_fields(frame.body());
-                        tracing::warn!(
-                            server = attached.conn.conn.addr(),
-                            code,
-                            message,
-                            "replaying session state failed"
-                        );
+                        tracing::warn!(server = addr, code, message, "replaying session state failed");
                     }
                 }
             }
             backend_tag::READY_FOR_QUERY => return self.on_ready(slot, frame),
+            backend_tag::COPY_IN_RESPONSE => {
+                // The Sync that closed this extended batch reached the server in
+                // copy-in mode, where it is ignored: its mark completes with the
+                // ReadyForQuery that follows the client's CopyDone + Sync.
+                let front_is_sync = attached.marks.front().is_some_and(|m| m.extended && !m.internal);
+                if attached.deferred.is_empty() && front_is_sync {
+                    if let Some(mark) = attached.marks.pop_front() {
+                        attached.deferred.push(mark);
+                    }
+                }
+            }
             _ => {}
         }
-        match attached.marks.front().map(|m| m.internal) {
+        match attached.current_mark().map(|m| m.internal) {
             Some(true) => {}
             Some(false) => self.out.extend_from_slice(&frame.raw),
             // Nothing in flight: only asynchronous messages are expected here.
@@ -91,13 +98,16 @@ impl Session {
         };
         let status = frame.body().first().copied().unwrap_or(tx_status::IDLE);
         attached.conn.conn.tx_status = status;
-        let Some(mark) = attached.marks.pop_front() else {
-            tracing::warn!(
-                server = attached.conn.conn.addr(),
-                "unexpected ReadyForQuery from server"
-            );
+        let deferred = std::mem::take(&mut attached.deferred);
+        let Some(mut mark) = attached.marks.pop_front() else {
+            tracing::warn!(server = attached.conn.conn.addr(), "unexpected ReadyForQuery from server");
             return;
         };
+        for earlier in deferred {
+            mark.had_error |= earlier.had_error;
+            mark.began_tx |= earlier.began_tx;
+            mark.state = mark.state.or(earlier.state);
+        }
         // Every Parse/Close sent before this Sync has been answered or skipped
         // (after an error the server skips to Sync), so counters resynchronise here.
         attached.seen_parse = mark.parse;
@@ -110,7 +120,7 @@ impl Session {
             };
             index >= done
         });
-        let idle = attached.marks.is_empty();
+        let idle = attached.is_idle();
         if !mark.internal {
             self.tx_status = status;
             if mark.began_tx {
@@ -134,7 +144,9 @@ impl Session {
             return;
         };
         let node = attached.conn.conn.node;
-        let waiting = attached.marks.iter().filter(|m| !m.internal).count();
+        // Deferred marks are answered by the same ReadyForQuery as the mark after them.
+        let waiting = (attached.marks.iter().filter(|m| !m.internal).count())
+            .max(usize::from(!attached.deferred.is_empty()));
         let was_open = self.open == Some(slot);
         tracing::warn!(%err, waiting, "server connection lost");
         let message = format!("pgrouter lost the server connection: {err}");

@@ -38,6 +38,8 @@ pub(super) struct Mark {
     /// A session-state statement to remember once this completes without error.
     pub state: Option<Arc<str>>,
     pub began_tx: bool,
+    /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
+    pub extended: bool,
 }
 
 /// A server connection attached to the session, with relay bookkeeping.
@@ -54,6 +56,25 @@ pub(super) struct Attached {
     pub swallow: Vec<(u8, u64)>,
     /// How many entries of the session log this connection has applied.
     pub applied: usize,
+    /// Marks whose Sync the server ignored because it arrived during COPY FROM
+    /// STDIN (PostgreSQL skips Sync in copy-in mode). They complete with the
+    /// next ReadyForQuery, together with the mark in front of `marks`.
+    pub deferred: Vec<Mark>,
+}
+
+impl Attached {
+    /// The mark that the frames now arriving answer.
+    pub fn current_mark(&mut self) -> Option<&mut Mark> {
+        match self.deferred.first_mut() {
+            Some(mark) => Some(mark),
+            None => self.marks.front_mut(),
+        }
+    }
+
+    /// No answer is outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.marks.is_empty() && self.deferred.is_empty()
+    }
 }
 
 /// What to do after a client message.
@@ -385,7 +406,7 @@ impl Session {
         if self.active == Some(slot) {
             self.set_active(None);
         }
-        if attached.marks.is_empty() && attached.conn.conn.tx_status == tx_status::IDLE {
+        if attached.is_idle() && attached.conn.conn.tx_status == tx_status::IDLE {
             attached.conn.release().await;
         }
     }
@@ -409,6 +430,7 @@ fn attach(conn: PooledConn) -> Attached {
         seen_close: 0,
         swallow: Vec::new(),
         applied: 0,
+        deferred: Vec::new(),
     }
 }
 

@@ -1,0 +1,161 @@
+//! Shared test harness: a real primary + 2 streaming replicas (from `cluster`) with
+//! a router running in-process on port 0 in front of them.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgrouter::cluster::{Cluster, ClusterSpec};
+use pgrouter::config::{Config, NodeConfig, NodeRole};
+use pgrouter::{Router, RouterHandle};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, NoTls};
+
+pub struct TestEnv {
+    pub cluster: Cluster,
+    pub addr: SocketAddr,
+    pub handle: RouterHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A cluster and a router with the default config.
+pub async fn start() -> TestEnv {
+    start_with(|_| {}).await
+}
+
+/// A cluster and a router whose config `tweak` may change.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestEnv {
+    let _ = tracing_subscriber_init();
+    let cluster = Cluster::start(ClusterSpec::default()).await.expect("cluster starts");
+    let mut config = base_config(&cluster);
+    tweak(&mut config);
+    let router = Router::new(config).expect("config is valid");
+    let handle = router.handle();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        router
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("router runs");
+    });
+    TestEnv {
+        cluster,
+        addr,
+        handle,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+fn tracing_subscriber_init() -> Option<()> {
+    None
+}
+
+pub fn base_config(cluster: &Cluster) -> Config {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[[users]]\nname = \"{}\"\npassword = \"{}\"\n[[nodes]]\nhost = \"127.0.0.1\"\nport = 1\nrole = \"primary\"\n",
+        cluster.superuser(),
+        cluster.password()
+    );
+    let mut config = Config::from_toml(&text, "test").expect("test config");
+    config.nodes = cluster
+        .nodes()
+        .into_iter()
+        .map(|n| NodeConfig {
+            name: Some(n.name.clone()),
+            host: n.host.clone(),
+            port: n.port,
+            role: match n.role {
+                pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
+                pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,
+            },
+        })
+        .collect();
+    config
+}
+
+impl TestEnv {
+    /// key=value DSN for tokio-postgres, through the router.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+            self.addr.port(),
+            self.cluster.superuser(),
+            self.cluster.password()
+        )
+    }
+
+    /// URL for psql and pgbench, through the router.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/postgres",
+            self.cluster.superuser(),
+            self.cluster.password(),
+            self.addr.port()
+        )
+    }
+
+    /// A tokio-postgres client through the router.
+    pub async fn client(&self) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.dsn(), NoTls)
+            .await
+            .expect("connect through the router");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// A client straight to the primary (bypassing the router).
+    pub async fn primary_direct(&self) -> Client {
+        self.cluster.connect(self.cluster.primary()).await.expect("connect to primary")
+    }
+
+    pub fn primary_port(&self) -> u16 {
+        self.cluster.primary().port
+    }
+
+    pub fn replica_ports(&self) -> Vec<u16> {
+        self.cluster.replicas().iter().map(|r| r.port).collect()
+    }
+
+    /// Waits until every replica has replayed everything the primary wrote so far.
+    pub async fn wait_replicas(&self) {
+        for i in 0..self.cluster.replicas().len() {
+            self.cluster
+                .wait_caught_up(i, Duration::from_secs(30))
+                .await
+                .expect("replica catches up");
+        }
+    }
+
+    /// Stops the router and the cluster.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// The port of the server that ran a statement, via simple query.
+pub async fn server_port(client: &Client, sql_prefix: &str) -> u16 {
+    let rows = client
+        .simple_query(&format!("{sql_prefix}SELECT inet_server_port()"))
+        .await
+        .expect("inet_server_port");
+    for row in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = row {
+            return row.get(0).and_then(|p| p.parse().ok()).expect("a port");
+        }
+    }
+    panic!("no row")
+}
