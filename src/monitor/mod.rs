@@ -109,29 +109,12 @@ impl Topology {
     }
 }
 
-/// Parses a `pg_lsn` text value `X/Y` into a byte position.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
-        return None;
-    }
-    Some((hi << 32) | lo)
-}
+/// LSN parsing lives with the cluster helpers and is shared here.
+pub use crate::cluster::parse_lsn;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsn_parsing() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
-        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
-        assert_eq!(parse_lsn("zz/0"), None);
-        assert_eq!(parse_lsn("10"), None);
-        assert_eq!(parse_lsn("100000000/0"), None);
-    }
 
     fn node(in_recovery: bool, lag: u64, up: bool) -> NodeState {
         NodeState {

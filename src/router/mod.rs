@@ -1,10 +1,48 @@
 //! Statement classification: decides where a statement may run and what it does
 //! to the session. Pure and synchronous: no I/O, no shared mutable state except
 //! the classification cache. It must not know about connections or sockets.
+//!
+//! Layout (all `sqlparser` usage stays inside this module, because its AST
+//! changes between minor versions):
+//! - `mod.rs` (this file): the public interface and the orchestration of one text.
+//! - [`hints`]: the leading `/* pgrouter: ... */` comment and the text's first word.
+//! - `keywords.rs`: splitting a text into statements and classifying the
+//!   statements whose leading keywords decide everything (writes, DDL,
+//!   transaction control, SET ...) without a full parse.
+//! - `ast.rs`: parsing and walking queries, EXPLAIN and COPY with sqlparser.
+//! - [`functions`]: the deny-list of functions that write or fail on a standby,
+//!   and the token scan that finds their calls.
+//! - `cache.rs`: [`ClassifierCache`], a sharded bounded cache of decisions.
+//!
+//! How a text is classified:
+//! 1. The leading comments are scanned for a routing hint.
+//! 2. Fast path: a single statement whose first keyword alone decides it
+//!    (INSERT, UPDATE, DELETE, ALTER, DROP, ...) is answered without tokenizing.
+//! 3. Otherwise the text is tokenized once (PostgreSQL dialect), split into
+//!    statements at top-level semicolons, and each statement is classified:
+//!    by its leading keywords when they decide it, else by parsing it. Queries
+//!    are also scanned token by token for deny-listed function calls and
+//!    locking clauses at any depth.
+//! 4. The strongest requirement of any statement wins; the hint is applied last.
+//!
+//! Known limits (by design, not bugs): a user-defined function that writes is
+//! invisible here (the replica will reject it with "read-only transaction");
+//! anything sqlparser cannot parse goes to the primary.
 
+mod ast;
 mod cache;
+pub mod functions;
+pub mod hints;
+mod keywords;
 
-pub use cache::ClassifierCache;
+#[cfg(test)]
+mod tests;
+
+pub use cache::{CacheStats, ClassifierCache};
+pub use hints::Hint;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::Tokenizer;
 
 /// Where a statement may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,7 +58,9 @@ pub enum Route {
 pub enum TxEffect {
     None,
     /// BEGIN / START TRANSACTION; `read_only` when it says READ ONLY.
-    Begin { read_only: bool },
+    Begin {
+        read_only: bool,
+    },
     /// COMMIT / END / ROLLBACK / ABORT / PREPARE TRANSACTION ...
     End,
 }
@@ -37,6 +77,12 @@ pub enum SessionEffect {
 }
 
 /// The classifier's verdict for one statement text (which may hold several statements).
+///
+/// For a text with several statements: `route` is the strongest of all
+/// (Primary wins), `reason` is the first statement's that needs that route,
+/// `tx` is the last statement's transaction effect that is not `None` (so
+/// `BEGIN; ...; COMMIT` is `End`), and `session` is the strongest (PinPrimary >
+/// SetsState > None).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Decision {
     pub route: Route,
@@ -44,21 +90,205 @@ pub struct Decision {
     pub reason: &'static str,
     pub tx: TxEffect,
     pub session: SessionEffect,
+    /// The text carried a `/* pgrouter: replica */` hint that was refused
+    /// because the classifier knows the text writes or changes session or
+    /// transaction state; `route` is then Primary.
+    pub hint_refused: bool,
 }
 
 /// Classifies one statement text (simple Query or Parse). Never fails: anything
 /// it cannot parse or does not recognise goes to the primary.
 pub fn classify(sql: &str) -> Decision {
-    let trimmed = sql.trim_start().to_ascii_lowercase();
-    let route = if trimmed.starts_with("select") && !trimmed.contains("for update") {
-        Route::Replica
-    } else {
-        Route::Primary
+    let prefix = hints::scan_prefix(sql);
+    let verdict = match fast_path(sql, prefix.body_start) {
+        Some(verdict) => verdict,
+        None => classify_text(sql),
     };
-    Decision {
-        route,
-        reason: "placeholder",
-        tx: TxEffect::None,
-        session: SessionEffect::None,
+    verdict.into_decision(prefix.hint)
+}
+
+/// What a replica hint may do with a statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum HintPolicy {
+    /// A read (or an unparsed text that looks like one): the hint may send it to a replica.
+    Allow,
+    /// Transaction control or session state: must stay where the classifier put it.
+    RefuseSession,
+    /// A known write: never on a replica.
+    RefuseWrite,
+}
+
+/// The classification of one statement, or of several combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) route: Route,
+    pub(crate) reason: &'static str,
+    pub(crate) tx: TxEffect,
+    pub(crate) session: SessionEffect,
+    pub(crate) hint: HintPolicy,
+}
+
+impl Verdict {
+    /// A statement that must run on the primary and has no other effect.
+    pub(crate) const fn primary(reason: &'static str, hint: HintPolicy) -> Self {
+        Self {
+            route: Route::Primary,
+            reason,
+            tx: TxEffect::None,
+            session: SessionEffect::None,
+            hint,
+        }
     }
+
+    /// A read that any replica may serve.
+    pub(crate) const fn read(reason: &'static str) -> Self {
+        Self {
+            route: Route::Replica,
+            reason,
+            tx: TxEffect::None,
+            session: SessionEffect::None,
+            hint: HintPolicy::Allow,
+        }
+    }
+
+    /// A known write.
+    pub(crate) const fn write(reason: &'static str) -> Self {
+        Self::primary(reason, HintPolicy::RefuseWrite)
+    }
+
+    pub(crate) const fn with_session(mut self, session: SessionEffect) -> Self {
+        self.session = session;
+        self
+    }
+
+    pub(crate) const fn with_tx(mut self, tx: TxEffect) -> Self {
+        self.tx = tx;
+        self
+    }
+
+    /// Text with no statement at all (empty, blanks, comments): rare, so primary.
+    const EMPTY: Self = Self::primary("empty", HintPolicy::Allow);
+
+    /// Combines the verdict of an earlier statement (`self`) with a later one.
+    pub(crate) fn then(self, next: Self) -> Self {
+        let (route, reason) = match (self.route, next.route) {
+            (Route::Replica, Route::Primary) => (Route::Primary, next.reason),
+            _ => (self.route, self.reason),
+        };
+        Self {
+            route,
+            reason,
+            tx: if next.tx == TxEffect::None {
+                self.tx
+            } else {
+                next.tx
+            },
+            session: strongest_session(self.session, next.session),
+            hint: self.hint.max(next.hint),
+        }
+    }
+
+    fn into_decision(self, hint: Option<Hint>) -> Decision {
+        let mut decision = Decision {
+            route: self.route,
+            reason: self.reason,
+            tx: self.tx,
+            session: self.session,
+            hint_refused: false,
+        };
+        match (hint, self.hint) {
+            (Some(Hint::Primary), _) if decision.route != Route::Primary => {
+                decision.route = Route::Primary;
+                decision.reason = "hint: primary";
+            }
+            (Some(Hint::Replica), HintPolicy::Allow) if decision.route != Route::Replica => {
+                decision.route = Route::Replica;
+                decision.reason = "hint: replica";
+            }
+            (Some(Hint::Replica), HintPolicy::RefuseWrite) => {
+                decision.hint_refused = true;
+                decision.reason = "replica hint refused: write";
+            }
+            (Some(Hint::Replica), HintPolicy::RefuseSession) => {
+                decision.hint_refused = true;
+                decision.reason = "replica hint refused: session";
+            }
+            _ => {}
+        }
+        decision
+    }
+}
+
+fn strongest_session(a: SessionEffect, b: SessionEffect) -> SessionEffect {
+    fn rank(s: SessionEffect) -> u8 {
+        match s {
+            SessionEffect::None => 0,
+            SessionEffect::SetsState => 1,
+            SessionEffect::PinPrimary => 2,
+        }
+    }
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// Answers without tokenizing when the text is a single statement whose first
+/// keyword decides everything. "Single" is checked conservatively: no `;`
+/// anywhere except trailing ones (a `;` inside a string literal just means the
+/// slow path runs). Returns the slow path's verdict, except that for a text
+/// the tokenizer rejects (an unterminated quote) the reason names the
+/// statement ("write: insert") rather than "unparsed"; both are Primary.
+fn fast_path(sql: &str, body_start: usize) -> Option<Verdict> {
+    let body = sql.get(body_start..)?;
+    let word = hints::first_word(body)?;
+    let verdict = keywords::fast_verdict(word)?;
+    let trimmed = body.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    if trimmed.contains(';') {
+        return None;
+    }
+    Some(verdict)
+}
+
+/// The full path: tokenize once, split into statements, classify each, combine.
+pub(crate) fn classify_text(sql: &str) -> Verdict {
+    let dialect = PostgreSqlDialect {};
+    let tokens = match Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize()
+    {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            tracing::debug!(error = %err, "router: cannot tokenize statement");
+            return Verdict::write("unparsed");
+        }
+    };
+    keywords::split_statements(tokens)
+        .into_iter()
+        .map(classify_statement)
+        .reduce(Verdict::then)
+        .unwrap_or(Verdict::EMPTY)
+}
+
+/// Classifies one statement's tokens (no top-level `;`, not empty).
+fn classify_statement(tokens: Vec<sqlparser::tokenizer::Token>) -> Verdict {
+    if let Some(verdict) = keywords::keyword_verdict(&tokens) {
+        return verdict;
+    }
+    let scan = functions::scan(&tokens);
+    let lead = keywords::read_lead(&tokens);
+    let verdict = match ast::classify_tokens(tokens) {
+        Some(verdict) => verdict,
+        // sqlparser 0.63 does not parse `TABLE name`; nothing in it can write
+        // except what the scan finds (locking clauses, denied functions).
+        None if lead == Some(keywords::ReadLead::Table) => Verdict::read("table"),
+        None if scan.locking => Verdict::write("locking read"),
+        None if scan.denied_function => Verdict::write("side-effect function"),
+        None => {
+            let hint = if lead.is_some() && !scan.write_word {
+                HintPolicy::Allow
+            } else {
+                HintPolicy::RefuseWrite
+            };
+            Verdict::primary("unparsed", hint)
+        }
+    };
+    scan.apply(verdict)
 }
