@@ -22,10 +22,16 @@ async fn simple_queries_route_reads_to_replicas_and_writes_to_primary() {
     let env = common::start().await;
     let client = env.client().await;
 
-    let rows = client.simple_query("SELECT pg_is_in_recovery()").await.unwrap();
+    let rows = client
+        .simple_query("SELECT pg_is_in_recovery()")
+        .await
+        .unwrap();
     assert_eq!(first_value(&rows), "t", "a plain SELECT runs on a replica");
     let port = common::server_port(&client, "").await;
-    assert!(env.replica_ports().contains(&port), "port {port} is a replica");
+    assert!(
+        env.replica_ports().contains(&port),
+        "port {port} is a replica"
+    );
 
     client
         .simple_query("CREATE TABLE simple_t (id int primary key, v text); INSERT INTO simple_t VALUES (1, 'a')")
@@ -36,7 +42,10 @@ async fn simple_queries_route_reads_to_replicas_and_writes_to_primary() {
         .await
         .expect("insert on primary");
     env.wait_replicas().await;
-    let rows = client.simple_query("SELECT count(*) FROM simple_t").await.unwrap();
+    let rows = client
+        .simple_query("SELECT count(*) FROM simple_t")
+        .await
+        .unwrap();
     assert_eq!(first_value(&rows), "2");
     env.stop().await;
 }
@@ -47,15 +56,25 @@ async fn transactions_run_wholly_on_the_primary() {
     let client = env.client().await;
     client.simple_query("BEGIN").await.unwrap();
     assert_eq!(common::server_port(&client, "").await, env.primary_port());
-    let rows = client.simple_query("SELECT pg_is_in_recovery()").await.unwrap();
+    let rows = client
+        .simple_query("SELECT pg_is_in_recovery()")
+        .await
+        .unwrap();
     assert_eq!(first_value(&rows), "f");
     client.simple_query("COMMIT").await.unwrap();
-    assert!(env.replica_ports().contains(&common::server_port(&client, "").await));
+    assert!(
+        env.replica_ports()
+            .contains(&common::server_port(&client, "").await)
+    );
 
     // The same through the extended protocol (tokio-postgres transactions).
     let mut client = env.client().await;
     let tx = client.transaction().await.unwrap();
-    let port: i32 = tx.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = tx
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(port as u16, env.primary_port());
     tx.commit().await.unwrap();
     env.stop().await;
@@ -92,7 +111,10 @@ async fn extended_protocol_with_binary_parameters_and_results() {
 async fn named_prepared_statement_reused_a_thousand_times_and_across_nodes() {
     let env = common::start().await;
     let mut client = env.client().await;
-    let statement = client.prepare("SELECT $1::int4 * 2, inet_server_port()").await.unwrap();
+    let statement = client
+        .prepare("SELECT $1::int4 * 2, inet_server_port()")
+        .await
+        .unwrap();
     for i in 0..1000i32 {
         let row = client.query_one(&statement, &[&i]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i * 2);
@@ -114,7 +136,10 @@ async fn named_prepared_statement_reused_a_thousand_times_and_across_nodes() {
 async fn copy_in_and_copy_out() {
     let env = common::start().await;
     let client = env.client().await;
-    client.simple_query("CREATE TABLE copy_t (id int, v text)").await.unwrap();
+    client
+        .simple_query("CREATE TABLE copy_t (id int, v text)")
+        .await
+        .unwrap();
     let sink = client.copy_in("COPY copy_t FROM STDIN").await.unwrap();
     let mut sink = Box::pin(sink);
     let mut data = String::new();
@@ -125,9 +150,15 @@ async fn copy_in_and_copy_out() {
     let copied = sink.as_mut().finish().await.unwrap();
     assert_eq!(copied, 5000);
     env.wait_replicas().await;
-    let stream = client.copy_out("COPY (SELECT * FROM copy_t ORDER BY id) TO STDOUT").await.unwrap();
+    let stream = client
+        .copy_out("COPY (SELECT * FROM copy_t ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
     let chunks: Vec<_> = stream.collect().await;
-    let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+    let text: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
     let text = String::from_utf8(text).unwrap();
     assert_eq!(text.lines().count(), 5000);
     assert!(text.starts_with("0\trow 0\n"));
@@ -140,19 +171,31 @@ async fn errors_keep_their_sqlstate_and_the_session_stays_usable() {
     let client = env.client().await;
     let err = client.simple_query("SELECT 1/0").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
-    let err = client.query("SELECT * FROM no_such_table", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT * FROM no_such_table", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
     let db_err = err.as_db_error().unwrap();
     assert!(db_err.message().contains("no_such_table"));
-    assert!(db_err.position().is_some(), "the server's fields pass through");
-    assert_eq!(first_value(&client.simple_query("SELECT 7").await.unwrap()), "7");
+    assert!(
+        db_err.position().is_some(),
+        "the server's fields pass through"
+    );
+    assert_eq!(
+        first_value(&client.simple_query("SELECT 7").await.unwrap()),
+        "7"
+    );
     // Inside a failed transaction the server's state is reported faithfully.
     client.simple_query("BEGIN").await.unwrap();
     assert!(client.simple_query("SELECT 1/0").await.is_err());
     let err = client.simple_query("SELECT 1").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
     client.simple_query("ROLLBACK").await.unwrap();
-    assert_eq!(first_value(&client.simple_query("SELECT 8").await.unwrap()), "8");
+    assert_eq!(
+        first_value(&client.simple_query("SELECT 8").await.unwrap()),
+        "8"
+    );
     env.stop().await;
 }
 
@@ -164,7 +207,10 @@ async fn cancel_stops_only_the_targeted_query() {
     let token = victim.cancel_token();
     let other = tokio::spawn(async move {
         let started = Instant::now();
-        bystander.simple_query("SELECT pg_sleep(2)").await.map(|_| started.elapsed())
+        bystander
+            .simple_query("SELECT pg_sleep(2)")
+            .await
+            .map(|_| started.elapsed())
     });
     let sleeper = tokio::spawn(async move {
         let started = Instant::now();
@@ -173,12 +219,22 @@ async fn cancel_stops_only_the_targeted_query() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cancelled_at = Instant::now();
-    token.cancel_query(NoTls).await.expect("cancel request sent");
+    token
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel request sent");
     let (result, _) = sleeper.await.unwrap();
     let err = result.expect_err("the query is cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
-    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancel took {:?}", cancelled_at.elapsed());
-    let other_elapsed = other.await.unwrap().expect("the bystander's query is untouched");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        cancelled_at.elapsed()
+    );
+    let other_elapsed = other
+        .await
+        .unwrap()
+        .expect("the bystander's query is untouched");
     assert!(other_elapsed >= Duration::from_secs(2));
     env.stop().await;
 }
@@ -192,24 +248,44 @@ async fn session_settings_follow_the_session_to_every_node() {
         .await
         .unwrap();
     env.wait_replicas().await;
-    client.simple_query("SET search_path TO s1, public").await.unwrap();
-    client.simple_query("SET application_name = 'router-test'").await.unwrap();
+    client
+        .simple_query("SET search_path TO s1, public")
+        .await
+        .unwrap();
+    client
+        .simple_query("SET application_name = 'router-test'")
+        .await
+        .unwrap();
     let rows = client
-        .simple_query("SELECT v, inet_server_port(), current_setting('application_name') FROM only_here")
+        .simple_query(
+            "SELECT v, inet_server_port(), current_setting('application_name') FROM only_here",
+        )
         .await
         .unwrap();
     let row = rows
         .iter()
         .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((r.get(0).unwrap().to_owned(), r.get(1).unwrap().to_owned(), r.get(2).unwrap().to_owned())),
+            SimpleQueryMessage::Row(r) => Some((
+                r.get(0).unwrap().to_owned(),
+                r.get(1).unwrap().to_owned(),
+                r.get(2).unwrap().to_owned(),
+            )),
             _ => None,
         })
         .unwrap();
     assert_eq!(row.0, "from s1");
-    assert!(env.replica_ports().contains(&row.1.parse().unwrap()), "read ran on a replica");
+    assert!(
+        env.replica_ports().contains(&row.1.parse().unwrap()),
+        "read ran on a replica"
+    );
     assert_eq!(row.2, "router-test");
     // A failed SET is not replayed elsewhere.
-    assert!(client.simple_query("SET search_path TO 'x', y z").await.is_err());
+    assert!(
+        client
+            .simple_query("SET search_path TO 'x', y z")
+            .await
+            .is_err()
+    );
     let rows = client.simple_query("SHOW search_path").await.unwrap();
     assert_eq!(first_value(&rows), "s1, public");
     env.stop().await;
@@ -219,14 +295,23 @@ async fn session_settings_follow_the_session_to_every_node() {
 async fn wrong_password_is_refused_with_28p01() {
     let env = common::start().await;
     let dsn = env.dsn().replace("password=pgrouter", "password=wrong");
-    let err = tokio_postgres::connect(&dsn, NoTls).await.err().expect("refused");
+    let err = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
     let dsn = env.dsn().replace("user=pgrouter", "user=nobody");
-    let err = tokio_postgres::connect(&dsn, NoTls).await.err().expect("refused");
+    let err = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD));
     // A database that does not exist: the server's own error reaches the client.
     let dsn = env.dsn().replace("dbname=postgres", "dbname=nope");
-    let err = tokio_postgres::connect(&dsn, NoTls).await.err().expect("refused");
+    let err = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
     env.stop().await;
 }
@@ -235,6 +320,9 @@ async fn wrong_password_is_refused_with_28p01() {
 async fn md5_client_authentication() {
     let env = common::start_with(|config| config.auth = pgrouter::config::AuthMethod::Md5).await;
     let client = env.client().await;
-    assert_eq!(first_value(&client.simple_query("SELECT 1").await.unwrap()), "1");
+    assert_eq!(
+        first_value(&client.simple_query("SELECT 1").await.unwrap()),
+        "1"
+    );
     env.stop().await;
 }

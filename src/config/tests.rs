@@ -66,3 +66,15 @@ fn durations_parse() {
     assert!(parse_duration("5 parsecs").is_err());
     assert!(parse_duration("").is_err());
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let config = Config::from_toml(
+        include_str!("../../config/pgrouter.toml"),
+        "config/pgrouter.toml",
+    )
+    .unwrap();
+    assert_eq!(config.nodes.len(), 3);
+    assert_eq!(config.monitor.max_replica_lag, Duration::from_secs(1));
+    assert_eq!(config.monitor.max_replica_lag_bytes, 16_777_216);
+}

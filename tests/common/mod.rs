@@ -28,7 +28,9 @@ pub async fn start() -> TestEnv {
 /// A cluster and a router whose config `tweak` may change.
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestEnv {
     let _ = tracing_subscriber_init();
-    let cluster = Cluster::start(ClusterSpec::default()).await.expect("cluster starts");
+    let cluster = Cluster::start(ClusterSpec::default())
+        .await
+        .expect("cluster starts");
     let mut config = base_config(&cluster);
     tweak(&mut config);
     let router = Router::new(config).expect("config is valid");
@@ -114,7 +116,10 @@ impl TestEnv {
 
     /// A client straight to the primary (bypassing the router).
     pub async fn primary_direct(&self) -> Client {
-        self.cluster.connect(self.cluster.primary()).await.expect("connect to primary")
+        self.cluster
+            .connect(self.cluster.primary())
+            .await
+            .expect("connect to primary")
     }
 
     pub fn primary_port(&self) -> u16 {
