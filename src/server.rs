@@ -33,6 +33,13 @@ pub enum RunError {
 pub struct Stats {
     routed: Vec<AtomicU64>,
     pub clients: AtomicUsize,
+    /// Statements a replica refused as writes, re-run on the primary.
+    misrouted: AtomicU64,
+    /// Reads re-run because their replica connection died before answering.
+    read_retries: AtomicU64,
+    /// Seconds since `started` when a misroute was last logged (rate limit).
+    misroute_logged_at: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Stats {
@@ -40,7 +47,42 @@ impl Stats {
         Self {
             routed: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             clients: AtomicUsize::new(0),
+            misrouted: AtomicU64::new(0),
+            read_retries: AtomicU64::new(0),
+            misroute_logged_at: AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
         }
+    }
+
+    pub(crate) fn count_misrouted(&self) {
+        self.misrouted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_read_retry(&self) {
+        self.read_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// At most one misroute log line per second, so a hot misclassified statement
+    /// cannot flood the log.
+    pub(crate) fn may_log_misroute(&self) -> bool {
+        let now = self.started.elapsed().as_secs();
+        let last = self.misroute_logged_at.load(Ordering::Relaxed);
+        if last != u64::MAX && last >= now {
+            return false;
+        }
+        self.misroute_logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Statements a replica refused and the primary re-ran.
+    pub fn misrouted(&self) -> u64 {
+        self.misrouted.load(Ordering::Relaxed)
+    }
+
+    /// Reads re-run after their replica connection died.
+    pub fn read_retries(&self) -> u64 {
+        self.read_retries.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_routed(&self, node: usize) {

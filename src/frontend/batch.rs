@@ -26,6 +26,7 @@ pub(super) struct Statement {
 }
 
 /// What a message needs from the connection it is sent to.
+#[derive(Clone)]
 pub(super) enum Need {
     Nothing,
     /// Bind/Describe of a statement: it must exist there (replayed if not).
@@ -44,7 +45,7 @@ pub(super) enum Need {
 }
 
 /// Messages bound for one connection, and what routing learned from them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Batch {
     pub frames: Vec<(Frame, Need)>,
     pub bytes: usize,
@@ -221,7 +222,7 @@ impl Session {
     pub(super) async fn submit(&mut self, batch: Batch, ends_sync: bool) {
         let slot = self.choose(&batch);
         if self.conflicts(slot) {
-            self.ready = Some((slot, batch, ends_sync));
+            self.ready.push_back((slot, batch, ends_sync));
         } else {
             self.dispatch(slot, batch, ends_sync).await;
         }

@@ -32,6 +32,15 @@ impl Session {
                 return;
             }
         };
+        // Only a replica batch with nothing in flight ahead of it can be re-run
+        // elsewhere without reordering answers (see `retry`).
+        let retryable = slot == REPLICA
+            && ends_sync
+            && self.open.is_none()
+            && self.servers[REPLICA].as_ref().is_some_and(|a| a.is_idle());
+        if retryable {
+            self.retry = Some(super::retry::RetryGuard::new(slot, batch.clone()));
+        }
         self.replay_session_state(slot);
         if batch.pins && !self.pinned {
             tracing::info!(

@@ -8,6 +8,7 @@
 mod auth;
 mod batch;
 mod dispatch;
+mod retry;
 mod server_msgs;
 mod session;
 

@@ -55,7 +55,12 @@ impl Session {
                     mark.had_error = true;
                     if mark.internal {
                         let (code, message) = error_fields(frame.body());
-                        tracing::warn!(server = addr, code, message, "replaying session state failed");
+                        tracing::warn!(
+                            server = addr,
+                            code,
+                            message,
+                            "replaying session state failed"
+                        );
                     }
                 }
             }
@@ -64,7 +69,10 @@ impl Session {
                 // The Sync that closed this extended batch reached the server in
                 // copy-in mode, where it is ignored: its mark completes with the
                 // ReadyForQuery that follows the client's CopyDone + Sync.
-                let front_is_sync = attached.marks.front().is_some_and(|m| m.extended && !m.internal);
+                let front_is_sync = attached
+                    .marks
+                    .front()
+                    .is_some_and(|m| m.extended && !m.internal);
                 if attached.deferred.is_empty() && front_is_sync {
                     if let Some(mark) = attached.marks.pop_front() {
                         attached.deferred.push(mark);
@@ -75,7 +83,7 @@ impl Session {
         }
         match attached.current_mark().map(|m| m.internal) {
             Some(true) => {}
-            Some(false) => self.out.extend_from_slice(&frame.raw),
+            Some(false) => self.forward(slot, frame),
             // Nothing in flight: only asynchronous messages are expected here.
             None => match frame.tag {
                 backend_tag::NOTIFICATION_RESPONSE | backend_tag::NOTICE_RESPONSE => {
@@ -100,7 +108,10 @@ impl Session {
         attached.conn.conn.tx_status = status;
         let deferred = std::mem::take(&mut attached.deferred);
         let Some(mut mark) = attached.marks.pop_front() else {
-            tracing::warn!(server = attached.conn.conn.addr(), "unexpected ReadyForQuery from server");
+            tracing::warn!(
+                server = attached.conn.conn.addr(),
+                "unexpected ReadyForQuery from server"
+            );
             return;
         };
         for earlier in deferred {
@@ -126,10 +137,14 @@ impl Session {
             if mark.began_tx {
                 self.tx_pending = false;
             }
+            self.retry_after_ready(slot, false);
             self.out.extend_from_slice(&frame.raw);
             if let Some(sql) = mark.state.filter(|_| !mark.had_error) {
                 self.remember_state(slot, sql);
             }
+        }
+        if mark.internal {
+            self.retry_after_ready(slot, true);
         }
         if idle && self.open != Some(slot) {
             self.set_active(None);
@@ -148,6 +163,11 @@ impl Session {
         let waiting = (attached.marks.iter().filter(|m| !m.internal).count())
             .max(usize::from(!attached.deferred.is_empty()));
         let was_open = self.open == Some(slot);
+        let waiting = if self.retry_after_loss(slot, waiting) {
+            waiting.saturating_sub(1)
+        } else {
+            waiting
+        };
         tracing::warn!(%err, waiting, "server connection lost");
         let message = format!("pgrouter lost the server connection: {err}");
         for _ in 0..waiting {

@@ -98,8 +98,11 @@ pub(crate) struct Session {
     pub(super) open: Option<usize>,
     /// Extended-protocol messages collected up to Sync or Flush.
     pub(super) batch: Batch,
-    /// A complete batch waiting for the other connection to finish.
-    pub(super) ready: Option<(usize, Batch, bool)>,
+    /// Complete batches waiting for the other connection to finish, in order.
+    /// While any wait, the client is not read.
+    pub(super) ready: VecDeque<(usize, Batch, bool)>,
+    /// A replica read that can still be re-run on the primary (see `retry`).
+    pub(super) retry: Option<super::retry::RetryGuard>,
     /// The client's prepared statements by name ("" is the unnamed one).
     pub(super) statements: HashMap<String, Arc<Statement>>,
     /// Session-state statements (SET, RESET, ...) in order, replayed on every
@@ -147,7 +150,8 @@ impl Session {
             active: None,
             open: None,
             batch: Batch::default(),
-            ready: None,
+            ready: VecDeque::new(),
+            retry: None,
             statements: HashMap::new(),
             session_log: Vec::new(),
             tx_status: tx_status::IDLE,
@@ -206,14 +210,14 @@ impl Session {
             for slot in [PRIMARY, REPLICA] {
                 self.drain_server(slot);
             }
-            if let Some((slot, batch, ends_sync)) = self.ready.take() {
+            while let Some((slot, batch, ends_sync)) = self.ready.pop_front() {
                 if self.conflicts(slot) {
-                    self.ready = Some((slot, batch, ends_sync));
-                } else {
-                    self.dispatch(slot, batch, ends_sync).await;
+                    self.ready.push_front((slot, batch, ends_sync));
+                    break;
                 }
+                self.dispatch(slot, batch, ends_sync).await;
             }
-            while self.ready.is_none() {
+            while self.ready.is_empty() {
                 let frame = match self.client_in.try_next() {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
@@ -257,7 +261,7 @@ impl Session {
     /// Waits for bytes from the client (unless a batch is waiting) or any server.
     async fn wait(&mut self) -> Event {
         let [primary, replica] = &mut self.servers;
-        let client_blocked = self.ready.is_some();
+        let client_blocked = !self.ready.is_empty();
         tokio::select! {
             read = self.client_in.fill(), if !client_blocked => Event::Client(read),
             read = fill(primary) => Event::Server(PRIMARY, read),

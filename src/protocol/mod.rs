@@ -54,6 +54,8 @@ pub mod backend_tag {
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const DATA_ROW: u8 = b'D';
     pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const NO_DATA: u8 = b'n';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }
 

@@ -1,0 +1,152 @@
+//! Routing decisions against the real cluster: writes never reach a replica, reads
+//! do, and the safety net re-runs on the primary what a replica refuses.
+
+mod common;
+
+use tokio_postgres::SimpleQueryMessage;
+
+fn first_value(rows: &[SimpleQueryMessage]) -> Option<String> {
+    rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// Statements that must run on the primary; each fails on a replica with 25006 or
+/// similar, so a single misroute fails the test (the safety net is checked separately
+/// through the misroute counter, which must stay at zero here).
+const PRIMARY_CORPUS: &[&str] = &[
+    "CREATE TABLE corpus (id serial primary key, v text)",
+    "INSERT INTO corpus (v) VALUES ('a'), ('b')",
+    "insert   into corpus(v) values ('c') returning id",
+    "UPDATE corpus SET v = upper(v) WHERE id = 1",
+    "DELETE FROM corpus WHERE id = 3",
+    "WITH moved AS (DELETE FROM corpus WHERE id = 2 RETURNING v) INSERT INTO corpus (v) SELECT v FROM moved",
+    "SELECT * FROM corpus FOR UPDATE",
+    "SELECT * FROM corpus FOR SHARE",
+    "SELECT nextval('corpus_id_seq')",
+    "SELECT setval('corpus_id_seq', 100)",
+    "SELECT pg_advisory_lock(1), pg_advisory_unlock(1)",
+    "SELECT txid_current()",
+    "SELECT pg_current_wal_lsn()",
+    "SELECT set_config('application_name', 'x', false)",
+    "SELECT * INTO corpus_copy FROM corpus",
+    "CREATE INDEX ON corpus (v)",
+    "ALTER TABLE corpus ADD COLUMN w int",
+    "TRUNCATE corpus_copy",
+    "VACUUM corpus",
+    "ANALYZE corpus",
+    "DO $$ BEGIN PERFORM 1; END $$",
+    "NOTIFY some_channel",
+    "BEGIN; LOCK TABLE corpus IN SHARE MODE; COMMIT",
+    "CREATE MATERIALIZED VIEW corpus_mv AS SELECT count(*) FROM corpus",
+    "REFRESH MATERIALIZED VIEW corpus_mv",
+    "EXPLAIN ANALYZE INSERT INTO corpus (v) VALUES ('explained')",
+    "/* pgrouter: replica */ INSERT INTO corpus (v) VALUES ('hint refused')",
+    "SELECT 1; UPDATE corpus SET v = v",
+    "MERGE INTO corpus c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN UPDATE SET v = 'merged'",
+    "PREPARE ins AS INSERT INTO corpus (v) VALUES ($1)",
+    "EXECUTE ins('prepared')",
+    "DEALLOCATE ins",
+    "COMMENT ON TABLE corpus IS 'corpus'",
+    "DROP MATERIALIZED VIEW corpus_mv",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_corpus_never_reaches_a_replica() {
+    let env = common::start().await;
+    let client = env.client().await;
+    for sql in PRIMARY_CORPUS {
+        if let Err(err) = client.simple_query(sql).await {
+            panic!("{sql}: {err:?}");
+        }
+    }
+    // The same statements through the extended protocol (one statement each).
+    for sql in [
+        "INSERT INTO corpus (v) VALUES ($1)",
+        "UPDATE corpus SET v = $1 WHERE id = 1",
+    ] {
+        client
+            .execute(sql, &[&"ext"])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let row = client
+        .query_one("SELECT nextval('corpus_id_seq')", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, i64>(0) > 100);
+    assert_eq!(
+        env.handle.stats().misrouted(),
+        0,
+        "the classifier sent a write to a replica"
+    );
+
+    // Reads report a replica.
+    env.wait_replicas().await;
+    for sql in [
+        "SELECT inet_server_port()",
+        "select inet_server_port() from corpus limit 1",
+        "WITH x AS (SELECT inet_server_port() p) SELECT p FROM x",
+        "/* pgrouter: replica */ SELECT inet_server_port()",
+    ] {
+        let port: u16 = first_value(&client.simple_query(sql).await.unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(env.replica_ports().contains(&port), "{sql} ran on {port}");
+    }
+    let port: u16 = first_value(
+        &client
+            .simple_query("/* pgrouter: primary */ SELECT inet_server_port()")
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert_eq!(port, env.primary_port());
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_classifier_cannot_see_is_rerun_on_the_primary() {
+    let env = common::start().await;
+    let client = env.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE hits (n int);
+             CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS 'INSERT INTO hits VALUES (1) RETURNING 1'",
+        )
+        .await
+        .unwrap();
+    env.wait_replicas().await;
+    // The hint says "replica" and the text looks like a read: only the replica can
+    // tell it writes (25006). The client must see a normal answer, once.
+    let rows = client
+        .simple_query("/* pgrouter: replica */ SELECT bump()")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&rows).as_deref(), Some("1"));
+    let row = client
+        .query_one(
+            "/* pgrouter: replica */ SELECT bump() AS b, 'x'::text AS t",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "x");
+    assert_eq!(env.handle.stats().misrouted(), 2);
+    let direct = env.primary_direct().await;
+    let count: i64 = direct
+        .query_one("SELECT count(*) FROM hits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2, "each statement ran exactly once");
+    // The session is still fine afterwards.
+    let rows = client.simple_query("SELECT 41 + 1").await.unwrap();
+    assert_eq!(first_value(&rows).as_deref(), Some("42"));
+    env.stop().await;
+}
