@@ -215,6 +215,8 @@ fn cluster_nodes(cluster: &Cluster) -> Vec<NodeConfig> {
             name: Some(n.name.clone()),
             host: n.host.clone(),
             port: n.port,
+            max_replica_lag: None,
+            max_replica_lag_bytes: None,
             role: match n.role {
                 pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
                 pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,

@@ -137,6 +137,15 @@ impl Shared {
             .remove(&key);
     }
 
+    /// A session saw `node` fail: publish it as down now rather than at the next poll.
+    pub fn report_down(&self, node: usize) {
+        let already = self.topology.load().nodes.get(node).is_none_or(|n| !n.up);
+        if !already {
+            tracing::warn!(node, "node marked down after a failed server connection");
+            self.topology.rcu(|current| current.with_node_down(node));
+        }
+    }
+
     pub fn cancel_slot(&self, key: (i32, i32)) -> Option<CancelSlot> {
         self.cancels
             .lock()
@@ -223,13 +232,13 @@ impl Router {
         let shared = self.shared;
         // Order: the first measurement lands before the first client is accepted, so
         // early reads can already go to replicas instead of all falling back.
+        let mut monitor_state = monitor::poll::MonitorState::default();
         let first_round = {
             let config = shared.config.load_full();
-            let mut clients = Vec::new();
             let wait = config.pool.connect_timeout.min(Duration::from_secs(3));
             tokio::time::timeout(
                 wait,
-                monitor::poll::poll_once(&config, &shared.topology, &mut clients),
+                monitor::poll::poll_once(&config, &shared.topology, &mut monitor_state),
             )
             .await
         };
@@ -239,6 +248,7 @@ impl Router {
         let monitor = monitor::spawn_monitor(
             shared.config.clone(),
             shared.topology.clone(),
+            monitor_state,
             shared.shutdown.clone(),
         );
 

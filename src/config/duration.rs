@@ -40,3 +40,15 @@ pub(crate) mod serde_duration {
         super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
+
+pub(crate) mod serde_opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| super::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

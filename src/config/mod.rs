@@ -135,6 +135,12 @@ pub struct NodeConfig {
     pub port: u16,
     /// Expected role: "primary" or "replica".
     pub role: NodeRole,
+    /// This replica's time lag limit, overriding `monitor.max_replica_lag`.
+    #[serde(default, with = "duration::serde_opt_duration")]
+    pub max_replica_lag: Option<Duration>,
+    /// This replica's byte lag limit, overriding `monitor.max_replica_lag_bytes`.
+    #[serde(default)]
+    pub max_replica_lag_bytes: Option<u64>,
 }
 
 fn default_pg_port() -> u16 {
@@ -214,6 +220,21 @@ pub struct MonitorConfig {
     /// A replica further behind than this many WAL bytes gets no reads.
     #[serde(default = "default_max_lag_bytes")]
     pub max_replica_lag_bytes: u64,
+    /// A replica shut out for lag gets reads again only once under this fraction
+    /// of both limits (hysteresis, so it does not flap at the limit).
+    #[serde(default = "default_readmit_fraction")]
+    pub readmit_fraction: f64,
+    /// What reads do when no replica qualifies: "primary" (run there) or "error"
+    /// (an ErrorResponse naming each replica's lag).
+    #[serde(default)]
+    pub no_replica: NoReplica,
+    /// How long a write waits for a primary during a failover before it fails
+    /// with SQLSTATE 57P03.
+    #[serde(
+        default = "default_failover_timeout",
+        with = "duration::serde_duration"
+    )]
+    pub failover_timeout: Duration,
     /// Login the monitor uses; defaults to the first user's server login.
     #[serde(default)]
     pub user: Option<String>,
@@ -234,6 +255,24 @@ fn default_max_lag() -> Duration {
 fn default_max_lag_bytes() -> u64 {
     16 * 1024 * 1024
 }
+fn default_readmit_fraction() -> f64 {
+    0.5
+}
+fn default_failover_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What reads do when no replica is within the lag limits.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoReplica {
+    /// Read from the primary (slower, never stale).
+    #[default]
+    Primary,
+    /// Fail the read with a clear error.
+    Error,
+}
+
 fn default_monitor_db() -> String {
     "postgres".to_owned()
 }
@@ -244,6 +283,9 @@ impl Default for MonitorConfig {
             interval: default_interval(),
             max_replica_lag: default_max_lag(),
             max_replica_lag_bytes: default_max_lag_bytes(),
+            readmit_fraction: default_readmit_fraction(),
+            no_replica: NoReplica::default(),
+            failover_timeout: default_failover_timeout(),
             user: None,
             password: None,
             database: default_monitor_db(),
@@ -356,6 +398,9 @@ impl Config {
         if self.pool.pool_size == 0 {
             return Err(invalid("pool.pool_size", "must be at least 1"));
         }
+        if !(self.monitor.readmit_fraction > 0.0 && self.monitor.readmit_fraction <= 1.0) {
+            return Err(invalid("monitor.readmit_fraction", "must be in (0, 1]"));
+        }
         if self.monitor.interval < Duration::from_millis(10) {
             return Err(invalid("monitor.interval", "must be at least 10ms"));
         }
@@ -417,10 +462,13 @@ impl Config {
             self.pool.connect_timeout
         ));
         out.push_str(&format!(
-            "monitor: interval={:?} max_replica_lag={:?} max_replica_lag_bytes={} database={:?}\n",
+            "monitor: interval={:?} max_replica_lag={:?} max_replica_lag_bytes={} readmit_fraction={} no_replica={:?} failover_timeout={:?} database={:?}\n",
             self.monitor.interval,
             self.monitor.max_replica_lag,
             self.monitor.max_replica_lag_bytes,
+            self.monitor.readmit_fraction,
+            self.monitor.no_replica,
+            self.monitor.failover_timeout,
             self.monitor.database
         ));
         out.push_str(&format!(

@@ -2,8 +2,10 @@
 //! session's state there (SET replay, prepared statements), then forward the
 //! client's frames unchanged.
 
+use super::attach::AttachError;
 use super::batch::{Batch, Need};
 use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
+use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{backend_tag, frontend_tag, sqlstate};
 
@@ -17,13 +19,8 @@ impl Session {
     pub(super) async fn dispatch(&mut self, slot: usize, batch: Batch, ends_sync: bool) {
         let slot = match self.ensure_attached(slot).await {
             Ok(slot) => slot,
-            Err(message) => {
-                build::error_response(
-                    &mut self.out,
-                    Severity::Error,
-                    sqlstate::UNABLE_TO_CONNECT,
-                    &message,
-                );
+            Err(err) => {
+                build::error_response(&mut self.out, Severity::Error, err.code, &err.message);
                 if ends_sync {
                     build::ready_for_query(&mut self.out, self.tx_status);
                 } else {
@@ -88,9 +85,9 @@ impl Session {
 
     /// Makes sure a connection for `slot` is attached; a replica that cannot be
     /// had falls back to the primary. Returns the slot actually used.
-    async fn ensure_attached(&mut self, slot: usize) -> Result<usize, String> {
+    async fn ensure_attached(&mut self, slot: usize) -> Result<usize, AttachError> {
         if slot == REPLICA && self.open != Some(REPLICA) {
-            if self.attach_replica().await {
+            if self.attach_replica().await? {
                 return Ok(REPLICA);
             }
         } else if slot == REPLICA && self.servers[REPLICA].is_some() {
@@ -101,7 +98,14 @@ impl Session {
         }
         match self.attach_primary().await {
             Ok(()) => Ok(PRIMARY),
-            Err(err) => Err(format!("pgrouter could not reach the primary: {err}")),
+            Err(err @ PoolError::NoPrimary { .. }) => Err(AttachError {
+                code: sqlstate::CANNOT_CONNECT_NOW,
+                message: format!("pgrouter: {err}"),
+            }),
+            Err(err) => Err(AttachError {
+                code: sqlstate::UNABLE_TO_CONNECT,
+                message: format!("pgrouter could not reach the primary: {err}"),
+            }),
         }
     }
 

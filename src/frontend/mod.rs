@@ -5,6 +5,7 @@
 //! It must not parse SQL itself (it asks `router`), must not decode rows (frames
 //! pass through as bytes), and one client's failure must never reach another.
 
+mod attach;
 mod auth;
 mod batch;
 mod dispatch;

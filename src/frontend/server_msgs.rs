@@ -198,6 +198,7 @@ impl Session {
             self.set_active(None);
         }
         self.shared.pools.drop_idle_for(node);
+        self.shared.report_down(node);
         // Dropping `attached` closes the socket and frees its pool place.
     }
 }

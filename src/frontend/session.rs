@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::SessionError;
 use super::batch::{Batch, Statement};
 use crate::backend::{BackendError, CancelTarget, Login};
-use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
+use crate::pool::{PoolError, PooledConn};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
@@ -196,6 +196,12 @@ impl Session {
                 sqlstate::TOO_MANY_CONNECTIONS,
                 &err.to_string(),
             ),
+            PoolError::NoPrimary { .. } => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::CANNOT_CONNECT_NOW,
+                &err.to_string(),
+            ),
             PoolError::Backend(_) => build::error_response(
                 &mut self.out,
                 Severity::Fatal,
@@ -321,87 +327,6 @@ impl Session {
         *self.cancel_slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
-    /// The connection for the primary, checked out if needed.
-    pub(super) async fn attach_primary(&mut self) -> Result<(), PoolError> {
-        let primary = self.shared.topology.load().primary;
-        if let Some(attached) = &self.servers[PRIMARY] {
-            if attached.conn.conn.node == primary {
-                return Ok(());
-            }
-        }
-        self.detach(PRIMARY).await;
-        let conn = self.checkout(primary).await?;
-        self.servers[PRIMARY] = Some(attach(conn));
-        Ok(())
-    }
-
-    /// The connection for a replica that may take reads now; false when none can.
-    pub(super) async fn attach_replica(&mut self) -> bool {
-        let config = self.shared.config.load();
-        let (max_lag, stale_after) = (
-            config.monitor.max_replica_lag_bytes,
-            config.monitor.interval * 5,
-        );
-        let topology = self.shared.topology.load();
-        if let Some(attached) = &self.servers[REPLICA] {
-            if topology.replica_eligible(attached.conn.conn.node, max_lag, stale_after) {
-                return true;
-            }
-        }
-        self.detach(REPLICA).await;
-        let turn = self
-            .shared
-            .replica_turn
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(node) = topology.pick_replica(turn, max_lag, stale_after) else {
-            return false;
-        };
-        match self.checkout(node).await {
-            Ok(conn) => {
-                self.servers[REPLICA] = Some(attach(conn));
-                true
-            }
-            Err(err) => {
-                tracing::warn!(%err, "replica connection failed; reading from the primary");
-                false
-            }
-        }
-    }
-
-    async fn checkout(&self, node: usize) -> Result<PooledConn, PoolError> {
-        let config = self.shared.config.load();
-        let addr = config
-            .nodes
-            .get(node)
-            .map(|n| NodeAddr {
-                host: n.host.clone(),
-                port: n.port,
-                name: n.display_name(),
-            })
-            .ok_or_else(|| {
-                PoolError::Backend(BackendError::Protocol {
-                    addr: format!("node #{node}"),
-                    problem: "node no longer configured".into(),
-                })
-            })?;
-        let key = PoolKey {
-            node,
-            user: self.login.user.clone(),
-            database: self.login.database.clone(),
-            params: self.login.params.clone(),
-        };
-        let settings = PoolSettings {
-            pool_size: config.pool.pool_size,
-            checkout_timeout: config.pool.checkout_timeout,
-            connect_timeout: config.pool.connect_timeout,
-            max_message: config.limits.max_message_size,
-        };
-        self.shared
-            .pools
-            .checkout(&key, &addr, &self.login, settings)
-            .await
-    }
-
     /// Gives a connection back: to its pool when it is clean, else closed.
     pub(super) async fn detach(&mut self, slot: usize) {
         let Some(attached) = self.servers[slot].take() else {
@@ -423,7 +348,7 @@ impl Session {
     }
 }
 
-fn attach(conn: PooledConn) -> Attached {
+pub(super) fn attach(conn: PooledConn) -> Attached {
     Attached {
         cancel: Arc::new(conn.conn.cancel_target()),
         conn,

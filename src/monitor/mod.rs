@@ -3,9 +3,12 @@
 //! through `arc-swap`, which sessions read without locks.
 //!
 //! It must not route or block the data path: sessions only ever `load()` the
-//! latest snapshot. Snapshots are replaced whole, never mutated.
+//! latest snapshot. Snapshots are replaced whole, never mutated; the one write from
+//! outside (a session reporting a dead node) also swaps in a new snapshot.
 
+pub mod lag;
 pub(crate) mod poll;
+pub mod roles;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +17,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, NodeRole};
 
-pub use poll::spawn_monitor;
+pub(crate) use poll::spawn_monitor;
+
+/// LSN parsing lives with the cluster helpers and is shared here.
+pub use crate::cluster::parse_lsn;
 
 /// What was last measured on one node.
 #[derive(Debug, Clone)]
@@ -23,27 +29,62 @@ pub struct NodeState {
     pub host: String,
     pub port: u16,
     pub configured_role: NodeRole,
-    /// Reachable at the last poll.
+    /// Reachable at the last poll, and no session saw its connections fail since.
     pub up: bool,
     /// `pg_is_in_recovery()` at the last successful poll.
     pub in_recovery: Option<bool>,
     /// Primary: `pg_current_wal_lsn()`; replica: `pg_last_wal_replay_lsn()`.
     pub lsn: Option<u64>,
+    /// Replica: `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<u64>,
+    /// Replica: whether WAL replay is paused.
+    pub replay_paused: Option<bool>,
+    /// Primary: its current timeline; replica: the timeline it receives.
+    pub timeline: Option<u32>,
     /// Primary LSN minus this node's replay LSN (replicas only).
     pub lag_bytes: Option<u64>,
+    /// How long ago the primary first passed this replica's replay LSN.
+    pub lag_time: Option<Duration>,
+    /// Within the lag limits (with hysteresis): may take reads.
+    pub admitted: bool,
     /// When the last successful measurement finished.
     pub measured_at: Option<Instant>,
     /// The last error, for status output.
     pub error: Option<String>,
 }
 
+impl NodeState {
+    /// A node nothing is known about yet.
+    pub fn unmeasured(name: &str, host: &str, port: u16, role: NodeRole) -> NodeState {
+        NodeState {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port,
+            configured_role: role,
+            up: true,
+            in_recovery: None,
+            lsn: None,
+            receive_lsn: None,
+            replay_paused: None,
+            timeline: None,
+            lag_bytes: None,
+            lag_time: None,
+            admitted: false,
+            measured_at: None,
+            error: None,
+        }
+    }
+}
+
 /// One immutable view of the cluster.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub nodes: Vec<NodeState>,
-    /// Index of the node acting as primary: the one measured not in recovery, or
-    /// the configured primary until a measurement says otherwise.
+    /// Index of the node acting as primary: the measured one, or the configured
+    /// primary until a measurement says otherwise.
     pub primary: usize,
+    /// False while no node qualifies as primary (mid-failover): writes wait.
+    pub primary_available: bool,
     /// Snapshot counter, for tests and logs.
     pub generation: u64,
 }
@@ -57,96 +98,109 @@ impl Topology {
         let nodes = config
             .nodes
             .iter()
-            .map(|n| NodeState {
-                name: n.display_name(),
-                host: n.host.clone(),
-                port: n.port,
-                configured_role: n.role,
-                up: true,
-                in_recovery: None,
-                lsn: None,
-                lag_bytes: None,
-                measured_at: None,
-                error: None,
-            })
+            .map(|n| NodeState::unmeasured(&n.display_name(), &n.host, n.port, n.role))
             .collect();
         Topology {
             nodes,
             primary: config.primary_index(),
+            primary_available: true,
             generation: 0,
         }
     }
 
-    /// Whether `node` may take reads now: up, measured recently as a replica, and
-    /// within the byte lag limit. Unmeasured replicas get no reads.
-    pub fn replica_eligible(&self, node: usize, max_lag_bytes: u64, stale_after: Duration) -> bool {
+    /// Whether `node` may take reads now: up, measured recently as a replica within
+    /// its lag limits. Unmeasured replicas get no reads.
+    pub fn replica_eligible(&self, node: usize, stale_after: Duration) -> bool {
         let Some(state) = self.nodes.get(node) else {
             return false;
         };
         node != self.primary
             && state.up
+            && state.admitted
             && state.in_recovery == Some(true)
             && state
                 .measured_at
                 .is_some_and(|t| t.elapsed() <= stale_after)
-            && state.lag_bytes.is_some_and(|lag| lag <= max_lag_bytes)
     }
 
     /// Picks a replica for reads, rotating by `turn` among the eligible ones.
-    pub fn pick_replica(
-        &self,
-        turn: usize,
-        max_lag_bytes: u64,
-        stale_after: Duration,
-    ) -> Option<usize> {
-        let eligible =
-            (0..self.nodes.len()).filter(|&i| self.replica_eligible(i, max_lag_bytes, stale_after));
+    pub fn pick_replica(&self, turn: usize, stale_after: Duration) -> Option<usize> {
+        let eligible = (0..self.nodes.len()).filter(|&i| self.replica_eligible(i, stale_after));
         let count = eligible.clone().count();
         if count == 0 {
             return None;
         }
         eligible.clone().nth(turn % count)
     }
-}
 
-/// LSN parsing lives with the cluster helpers and is shared here.
-pub use crate::cluster::parse_lsn;
+    /// Why no replica can take reads, for the client's error message.
+    pub fn describe_replicas(&self) -> String {
+        let parts: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.primary)
+            .map(|(_, n)| match (n.up, n.lag_bytes, n.lag_time) {
+                (false, _, _) => format!("{}: down", n.name),
+                (true, Some(bytes), Some(time)) => {
+                    format!("{}: lag {} bytes, {} ms", n.name, bytes, time.as_millis())
+                }
+                _ => format!("{}: not measured", n.name),
+            })
+            .collect();
+        parts.join("; ")
+    }
+
+    /// A copy with `node` marked down (a session saw its connection fail).
+    pub fn with_node_down(&self, node: usize) -> Topology {
+        let mut next = self.clone();
+        if let Some(state) = next.nodes.get_mut(node) {
+            state.up = false;
+            state.admitted = false;
+        }
+        if node == next.primary {
+            next.primary_available = false;
+        }
+        next.generation += 1;
+        next
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(in_recovery: bool, lag: u64, up: bool) -> NodeState {
+    fn replica(admitted: bool, up: bool) -> NodeState {
         NodeState {
-            name: String::new(),
-            host: String::new(),
-            port: 0,
-            configured_role: NodeRole::Replica,
             up,
-            in_recovery: Some(in_recovery),
-            lsn: Some(0),
-            lag_bytes: Some(lag),
+            admitted,
+            in_recovery: Some(true),
             measured_at: Some(Instant::now()),
-            error: None,
+            ..NodeState::unmeasured("r", "h", 1, NodeRole::Replica)
         }
     }
 
     #[test]
-    fn picks_only_healthy_replicas() {
+    fn picks_only_admitted_live_replicas() {
+        let mut primary = replica(true, true);
+        primary.in_recovery = Some(false);
         let topo = Topology {
             nodes: vec![
-                node(false, 0, true),
-                node(true, 10, true),
-                node(true, 1 << 30, true),
-                node(true, 0, false),
+                primary,
+                replica(true, true),
+                replica(false, true),
+                replica(true, false),
             ],
             primary: 0,
+            primary_available: true,
             generation: 1,
         };
         let stale = Duration::from_secs(1);
         for turn in 0..5 {
-            assert_eq!(topo.pick_replica(turn, 1 << 20, stale), Some(1));
+            assert_eq!(topo.pick_replica(turn, stale), Some(1));
         }
-        assert_eq!(topo.pick_replica(0, 1, stale), None);
+        let down = topo.with_node_down(1);
+        assert_eq!(down.pick_replica(0, stale), None);
+        assert!(down.describe_replicas().contains("down"));
     }
 }

@@ -23,6 +23,8 @@ pub enum PoolError {
         waited: Duration,
         size: usize,
     },
+    #[error("no primary is available (waited {waited:?} for a failover to complete)")]
+    NoPrimary { waited: Duration },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }

@@ -82,6 +82,7 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";

@@ -73,6 +73,8 @@ pub fn base_config(cluster: &Cluster) -> Config {
             name: Some(n.name.clone()),
             host: n.host.clone(),
             port: n.port,
+            max_replica_lag: None,
+            max_replica_lag_bytes: None,
             role: match n.role {
                 pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
                 pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,
