@@ -13,7 +13,7 @@ use bytes::BytesMut;
 
 use super::batch::Batch;
 use super::session::{PRIMARY, Session};
-use crate::protocol::fields::error_fields;
+use crate::protocol::fields::{error_fields, is_fatal};
 use crate::protocol::{Frame, backend_tag, sqlstate};
 
 /// SQLSTATE PostgreSQL uses for "cannot execute ... during recovery" and similar
@@ -71,6 +71,12 @@ impl Session {
             return;
         };
         if is_preamble(frame.tag) {
+            guard.held.extend_from_slice(&frame.raw);
+            return;
+        }
+        if frame.tag == backend_tag::ERROR_RESPONSE && is_fatal(frame.body()) {
+            // The server is going away (shutdown, crash, killed postmaster): hold the
+            // error; when the connection closes, the batch is re-run elsewhere.
             guard.held.extend_from_slice(&frame.raw);
             return;
         }

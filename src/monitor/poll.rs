@@ -168,10 +168,19 @@ fn admit_replicas(
             continue;
         }
         let Some(replay) = state.lsn else { continue };
-        if primary_available {
-            state.lag_bytes = primary_lsn.map(|p| p.saturating_sub(replay));
-            state.lag_time = history.time_lag(now, replay);
+        let before = previous.nodes.get(i).filter(|p| p.name == state.name);
+        if !primary_available {
+            // Without a primary nothing new can be written, so a replica is as
+            // fresh as it was: keep its last verdict and reads keep flowing.
+            if let Some(before) = before {
+                state.lag_bytes = before.lag_bytes;
+                state.lag_time = before.lag_time;
+                state.admitted = before.admitted;
+            }
+            continue;
         }
+        state.lag_bytes = primary_lsn.map(|p| p.saturating_sub(replay));
+        state.lag_time = history.time_lag(now, replay);
         let node_config = config.nodes.get(i);
         let limits = LagLimits {
             max_bytes: node_config
@@ -182,10 +191,7 @@ fn admit_replicas(
                 .unwrap_or(config.monitor.max_replica_lag),
             readmit_fraction: config.monitor.readmit_fraction,
         };
-        let was_admitted = previous
-            .nodes
-            .get(i)
-            .is_some_and(|p| p.admitted && p.name == state.name);
+        let was_admitted = before.is_some_and(|p| p.admitted);
         state.admitted = lag::admitted(was_admitted, state.lag_bytes, state.lag_time, limits);
     }
 }

@@ -131,6 +131,21 @@ pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), FieldError> {
     Ok((f.cstr()?, f.cstr()?))
 }
 
+/// Whether an ErrorResponse ends the server session (severity FATAL or PANIC).
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut f = Fields::new(body, "ErrorResponse");
+    while let Ok(kind) = f.u8() {
+        if kind == 0 {
+            break;
+        }
+        let Ok(value) = f.cstr_bytes() else { break };
+        if (kind == b'V' || kind == b'S') && (value == b"FATAL" || value == b"PANIC") {
+            return true;
+        }
+    }
+    false
+}
+
 /// ErrorResponse / NoticeResponse: the SQLSTATE (`C`) and message (`M`) fields.
 pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut f = Fields::new(body, "ErrorResponse");
@@ -178,6 +193,13 @@ mod tests {
         assert!(target_message(b"Xname\0", "Describe").is_err());
         assert!(execute_message(b"\0\0\0").is_err());
         assert_eq!(execute_message(b"p\0\0\0\0\0").unwrap(), "p");
+    }
+
+    #[test]
+    fn fatal_errors_are_recognised() {
+        assert!(is_fatal(b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0"));
+        assert!(!is_fatal(b"SERROR\0VERROR\0C42P01\0Mno\0\0"));
+        assert!(!is_fatal(b"SFATA"));
     }
 
     #[test]

@@ -55,8 +55,14 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestEnv {
     }
 }
 
+/// Logs go to the test's output when RUST_LOG is set (e.g. RUST_LOG=pgrouter=debug).
 fn tracing_subscriber_init() -> Option<()> {
-    None
+    let filter = std::env::var("RUST_LOG").ok()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init()
+        .ok()
 }
 
 pub fn base_config(cluster: &Cluster) -> Config {
