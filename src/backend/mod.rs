@@ -304,6 +304,14 @@ impl ServerConn {
         Ok(())
     }
 
+    /// The error for a server that did not answer in time.
+    pub fn timeout_error(&self) -> BackendError {
+        BackendError::Timeout {
+            addr: self.addr.clone(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
     /// Sends Terminate and closes, best effort.
     pub async fn terminate(mut self) {
         to_server::terminate(&mut self.out);

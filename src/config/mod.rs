@@ -300,6 +300,13 @@ pub struct LimitsConfig {
     /// Largest message (bytes) accepted from a client or server; larger ones close the client with 08P01.
     #[serde(default = "default_max_message")]
     pub max_message_size: usize,
+    /// How long a client may take from connecting to finishing authentication.
+    #[serde(default = "default_startup_timeout", with = "duration::serde_duration")]
+    pub startup_timeout: Duration,
+}
+
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_message() -> usize {
@@ -310,6 +317,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_size: default_max_message(),
+            startup_timeout: default_startup_timeout(),
         }
     }
 }

@@ -26,7 +26,7 @@ pub use auth::ClientSecrets;
 
 use crate::backend::Login;
 use crate::protocol::build::{self, Severity};
-use crate::protocol::startup::{StartupMessage, StartupPacket, read_startup};
+use crate::protocol::startup::{StartupError, StartupMessage, StartupPacket, read_startup};
 use crate::protocol::{FramedReader, sqlstate};
 use crate::server::Shared;
 
@@ -67,10 +67,47 @@ pub enum SessionError {
     Server(#[from] crate::pool::PoolError),
 }
 
-async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), SessionError> {
+/// A client that logged in, ready for its session.
+struct LoggedIn {
+    login: Login,
+    reader: FramedReader<tokio::net::tcp::OwnedReadHalf>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    out: BytesMut,
+}
+
+async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), SessionError> {
+    // A client that stalls before logging in is dropped, as PostgreSQL does with
+    // authentication_timeout, so half-open connections cannot pile up.
+    let limit = shared.config.load().limits.startup_timeout;
+    let logged_in = match tokio::time::timeout(limit, log_in(stream, shared)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(SessionError::ClientProtocol(format!(
+                "no login within {limit:?}"
+            )));
+        }
+    };
+    let Some(LoggedIn {
+        login,
+        reader,
+        write,
+        out,
+    }) = logged_in
+    else {
+        return Ok(());
+    };
+    session::Session::start(shared.clone(), login, reader, write, out).await
+}
+
+/// Startup packets and authentication. `Ok(None)`: the client left, or it was a
+/// cancel request, which is done.
+async fn log_in(
+    mut stream: TcpStream,
+    shared: &Arc<Shared>,
+) -> Result<Option<LoggedIn>, SessionError> {
     let startup = loop {
         match read_startup(&mut stream).await {
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
                 // No TLS or GSS yet: 'N' tells libpq to continue in plain text (or
                 // give up if the client requires encryption).
@@ -78,17 +115,16 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Se
             }
             Ok(Some(StartupPacket::Cancel { pid, secret })) => {
                 forward_cancel(shared, (pid, secret)).await;
-                return Ok(());
+                return Ok(None);
             }
             Ok(Some(StartupPacket::Startup(message))) => break message,
             Err(err) => {
                 let mut out = BytesMut::new();
-                build::error_response(
-                    &mut out,
-                    Severity::Fatal,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &err.to_string(),
-                );
+                let code = match err {
+                    StartupError::UnsupportedProtocol(..) => sqlstate::FEATURE_NOT_SUPPORTED,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                build::error_response(&mut out, Severity::Fatal, code, &err.to_string());
                 let _ = stream.write_all(&out).await;
                 return Err(SessionError::ClientProtocol(err.to_string()));
             }
@@ -129,7 +165,12 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Se
         let _ = write.write_all(&out).await;
         return Err(err.into());
     }
-    session::Session::start(shared.clone(), login, reader, write, out).await
+    Ok(Some(LoggedIn {
+        login,
+        reader,
+        write,
+        out,
+    }))
 }
 
 /// Builds the server login for a client's startup message, or the SQLSTATE and

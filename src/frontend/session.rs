@@ -335,7 +335,16 @@ impl Session {
         if self.active == Some(slot) {
             self.set_active(None);
         }
-        if attached.is_idle() && attached.conn.conn.tx_status == tx_status::IDLE {
+        // A connection with answers outstanding, a batch not yet closed by Sync
+        // (after an error the server ignores everything up to Sync, so a reset would
+        // hang), or an open transaction is closed instead of reused.
+        let reusable = attached.is_idle()
+            && self.open != Some(slot)
+            && attached.conn.conn.tx_status == tx_status::IDLE;
+        if self.open == Some(slot) {
+            self.open = None;
+        }
+        if reusable {
             attached.conn.release().await;
         }
     }

@@ -156,7 +156,9 @@ impl PooledConn {
             permit,
             slot,
         } = self;
-        match conn.reset().await {
+        // A server that does not answer the reset within this long is not worth keeping.
+        let reset = tokio::time::timeout(Duration::from_secs(5), conn.reset()).await;
+        match reset.unwrap_or_else(|_| Err(conn.timeout_error())) {
             Ok(()) => slot
                 .idle
                 .lock()

@@ -102,25 +102,25 @@ pub fn parse_startup(mut body: BytesMut) -> Result<StartupPacket, StartupError> 
 }
 
 fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
+    let malformed = |_| StartupError::Malformed("missing terminator");
+    let mut fields = super::fields::Fields::new(body, "StartupMessage");
     let mut params = Vec::new();
-    let mut parts = body.split(|b| *b == 0);
     loop {
-        let name = parts
-            .next()
-            .ok_or(StartupError::Malformed("missing terminator"))?;
+        let name = fields.cstr_bytes().map_err(malformed)?;
         if name.is_empty() {
-            break;
+            // The list ends with an empty name; nothing may follow it.
+            if !fields.rest().is_empty() {
+                return Err(StartupError::Malformed("data after the parameter list"));
+            }
+            return Ok(params);
         }
-        let value = parts
-            .next()
-            .ok_or(StartupError::Malformed("parameter without value"))?;
+        let value = fields.cstr_bytes().map_err(malformed)?;
         let name = String::from_utf8(name.to_vec())
             .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
         let value = String::from_utf8(value.to_vec())
             .map_err(|_| StartupError::Malformed("parameter value is not UTF-8"))?;
         params.push((name, value));
     }
-    Ok(params)
 }
 
 #[cfg(test)]
@@ -147,6 +147,11 @@ mod tests {
     #[test]
     fn rejects_unterminated_params() {
         assert!(parse_startup(packet(PROTOCOL_3_0, b"user\0app")).is_err());
+        assert!(
+            parse_startup(packet(PROTOCOL_3_0, b"user\0app\0")).is_err(),
+            "no final terminator"
+        );
+        assert!(parse_startup(packet(PROTOCOL_3_0, b"user\0app\0\0x")).is_err());
         assert!(parse_startup(packet(PROTOCOL_3_0, b"user")).is_err());
     }
 
