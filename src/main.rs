@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use pgrouter::cluster::{Cluster, ClusterSpec};
-use pgrouter::config::{Config, NodeConfig, NodeRole};
+use pgrouter::config::Config;
 use pgrouter::{Router, RouterHandle};
 
 #[derive(Parser)]
@@ -164,15 +164,16 @@ async fn demo(
     })
     .await
     .context("starting the demo cluster")?;
+    let listen = format!("127.0.0.1:{port}");
     let mut config = match &config_path {
         // The file's node list is replaced by the demo cluster's, so it is checked after that.
         Some(path) => Config::load_unvalidated(path)?,
-        None => demo_config(&cluster),
+        None => cluster.router_config(&listen)?,
     };
-    config.listen = format!("127.0.0.1:{port}");
-    config.nodes = cluster_nodes(&cluster);
+    config.listen = listen.clone();
+    config.nodes = cluster.router_nodes();
     if config.users.is_empty() {
-        config.users = demo_config(&cluster).users;
+        config.users = cluster.router_config(&listen)?.users;
     }
     config.validate()?;
     let listener = TcpListener::bind(&config.listen)
@@ -205,38 +206,6 @@ async fn demo(
     println!("stopped");
     result.context("router task")??;
     Ok(())
-}
-
-fn cluster_nodes(cluster: &Cluster) -> Vec<NodeConfig> {
-    cluster
-        .nodes()
-        .into_iter()
-        .map(|n| NodeConfig {
-            name: Some(n.name.clone()),
-            host: n.host.clone(),
-            port: n.port,
-            max_replica_lag: None,
-            max_replica_lag_bytes: None,
-            role: match n.role {
-                pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
-                pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,
-            },
-        })
-        .collect()
-}
-
-fn demo_config(cluster: &Cluster) -> Config {
-    let text = format!(
-        "[[users]]\nname = \"{0}\"\npassword = \"{1}\"\n\n[[nodes]]\nhost = \"127.0.0.1\"\nport = 1\nrole = \"primary\"\n",
-        cluster.superuser(),
-        cluster.password()
-    );
-    // A fixed, valid template: parsing it cannot fail short of a bug, which the
-    // demo test would catch.
-    match Config::from_toml(&text, "built-in demo config") {
-        Ok(config) => config,
-        Err(err) => panic!("built-in demo config is invalid: {err}"),
-    }
 }
 
 /// The `status` task: one line every five seconds.

@@ -16,6 +16,7 @@ mod bins;
 mod error;
 mod node;
 mod process;
+mod router_config;
 mod sql;
 
 use std::path::PathBuf;

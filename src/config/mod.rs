@@ -349,6 +349,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses config text without [`Config::validate`]; see [`Config::load_unvalidated`].
+    pub fn parse_unvalidated(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, origin)
+    }
+
     fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: origin.to_owned(),

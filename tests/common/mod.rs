@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgrouter::cluster::{Cluster, ClusterSpec};
-use pgrouter::config::{Config, NodeConfig, NodeRole};
+use pgrouter::config::Config;
 use pgrouter::{Router, RouterHandle};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -66,28 +66,9 @@ fn tracing_subscriber_init() -> Option<()> {
 }
 
 pub fn base_config(cluster: &Cluster) -> Config {
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[[users]]\nname = \"{}\"\npassword = \"{}\"\n[[nodes]]\nhost = \"127.0.0.1\"\nport = 1\nrole = \"primary\"\n",
-        cluster.superuser(),
-        cluster.password()
-    );
-    let mut config = Config::from_toml(&text, "test").expect("test config");
-    config.nodes = cluster
-        .nodes()
-        .into_iter()
-        .map(|n| NodeConfig {
-            name: Some(n.name.clone()),
-            host: n.host.clone(),
-            port: n.port,
-            max_replica_lag: None,
-            max_replica_lag_bytes: None,
-            role: match n.role {
-                pgrouter::cluster::NodeRole::Primary => NodeRole::Primary,
-                pgrouter::cluster::NodeRole::Replica => NodeRole::Replica,
-            },
-        })
-        .collect();
-    config
+    cluster
+        .router_config("127.0.0.1:0")
+        .expect("cluster router config")
 }
 
 impl TestEnv {
@@ -172,3 +153,4 @@ pub async fn server_port(client: &Client, sql_prefix: &str) -> u16 {
     }
     panic!("no row")
 }
+pub mod raw;
