@@ -126,6 +126,7 @@ impl Cluster {
                 } else {
                     std::env::temp_dir()
                 };
+                process::reap_abandoned(&root);
                 let unique = format!(
                     "pgrouter-cluster-{}-{:016x}",
                     std::process::id(),

@@ -82,6 +82,42 @@ pub(crate) fn sigkill_blocking(pid: u32) {
         .status();
 }
 
+/// Stops and removes temp clusters whose creating process is gone (a test killed
+/// by a timeout never runs `Drop`), so they cannot pile up across CI runs. Only
+/// directories named `pgrouter-cluster-<pid>-<hex>` holding our marker file are
+/// touched, and only postgres processes are killed.
+pub(crate) fn reap_abandoned(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("pgrouter-cluster-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        if process_alive(owner) || !dir.join(super::node::MARKER).exists() {
+            continue;
+        }
+        let Ok(nodes) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for node in nodes.filter_map(Result::ok) {
+            if let Some(pid) = read_pid(&node.path()) {
+                if process_alive(pid) && is_postgres(pid) {
+                    sigkill_blocking(pid);
+                }
+            }
+        }
+        tracing::info!(dir = %dir.display(), "removed a cluster abandoned by a killed process");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
