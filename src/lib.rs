@@ -4,7 +4,10 @@
 //! shutdown future resolves. The binary, the demo and the integration tests all go
 //! through it, so there is no global state: every handle is owned and passed down.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod backend;

@@ -60,9 +60,15 @@ pub struct Config {
     /// Lag and health monitoring.
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// How reads are spread over qualifying replicas.
+    #[serde(default)]
+    pub balance: BalanceConfig,
     /// Protocol limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Statement routing: how calls to user-defined functions are treated.
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 fn default_listen() -> String {
@@ -141,6 +147,35 @@ pub struct NodeConfig {
     /// This replica's byte lag limit, overriding `monitor.max_replica_lag_bytes`.
     #[serde(default)]
     pub max_replica_lag_bytes: Option<u64>,
+    /// This replica's relative share of reads (0: none).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How reads are spread over the replicas that qualify.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceStrategy {
+    /// The replica with the fewest statements in flight per unit of weight.
+    #[default]
+    LeastOutstanding,
+    /// Each in turn, in proportion to weight.
+    RoundRobin,
+    /// At random, in proportion to weight.
+    Random,
+}
+
+/// Load balancing over replicas.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// "least_outstanding" (default), "round_robin" or "random".
+    #[serde(default)]
+    pub strategy: BalanceStrategy,
 }
 
 fn default_pg_port() -> u16 {
@@ -322,6 +357,26 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Statement routing. The router cannot see what a user-defined function
+/// does: with the primary's catalog loaded, a call to a VOLATILE user function
+/// (or to a name the catalog does not know) sends the statement to the
+/// primary, STABLE and IMMUTABLE ones are fine on a replica. These lists
+/// override that per function. Entries are `"name"` (any schema, any case) or
+/// `"schema.name"` (exact; unquoted parts are lower-cased as in SQL, quote a
+/// part to keep its case: `"\"MySchema\".f"`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Volatile functions that are nevertheless safe on a replica (they only
+    /// read, e.g. a function not marked STABLE by mistake).
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// Functions that must run on the primary even though marked STABLE or
+    /// IMMUTABLE (e.g. one that writes through dblink or a mislabelled one).
+    #[serde(default)]
+    pub primary_functions: Vec<String>,
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -417,6 +472,17 @@ impl Config {
         if self.monitor.interval < Duration::from_millis(10) {
             return Err(invalid("monitor.interval", "must be at least 10ms"));
         }
+        let lists = [
+            ("read_only_functions", &self.routing.read_only_functions),
+            ("primary_functions", &self.routing.primary_functions),
+        ];
+        for (list, entries) in lists {
+            for (i, entry) in entries.iter().enumerate() {
+                if let Err(err) = crate::router::FunctionName::parse(entry) {
+                    return Err(invalid(format!("routing.{list}[{i}]"), err.to_string()));
+                }
+            }
+        }
         if self.limits.max_message_size < 1024 {
             return Err(invalid(
                 "limits.max_message_size",
@@ -424,6 +490,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How old a replica's last measurement may be before it counts as over the
+    /// lag limits: ten monitor intervals, at least one second. Generous enough that
+    /// a briefly starved monitor does not shut every replica out at once, tight
+    /// enough that a replica nobody can measure stops getting reads.
+    pub fn measurement_stale_after(&self) -> Duration {
+        (self.monitor.interval * 10).max(Duration::from_secs(1))
     }
 
     /// The user entry for a client login name.

@@ -78,3 +78,31 @@ fn shipped_example_config_is_valid() {
     assert_eq!(config.monitor.max_replica_lag, Duration::from_secs(1));
     assert_eq!(config.monitor.max_replica_lag_bytes, 16_777_216);
 }
+
+#[test]
+fn routing_function_lists() {
+    let config = Config::from_toml(MINIMAL, "test").unwrap();
+    assert!(config.routing.read_only_functions.is_empty());
+    assert!(config.routing.primary_functions.is_empty());
+    let text = format!(
+        "{MINIMAL}\n[routing]\nread_only_functions = [\"app.lookup\", \"Audit_Get\"]\n\
+         primary_functions = [\"\\\"Billing\\\".charge\"]\n"
+    );
+    let config = Config::from_toml(&text, "test").unwrap();
+    assert_eq!(
+        config.routing.read_only_functions,
+        ["app.lookup", "Audit_Get"]
+    );
+    assert_eq!(config.routing.primary_functions, ["\"Billing\".charge"]);
+    for bad in ["", "a.b.c", "1fn", "fn()", "\"unterminated"] {
+        let text = format!("{MINIMAL}\n[routing]\nprimary_functions = [{bad:?}]\n");
+        let err = Config::from_toml(&text, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("routing.primary_functions[0]"),
+            "{bad:?}: {err}"
+        );
+    }
+    let typo = format!("{MINIMAL}\n[routing]\nread_only_function = []\n");
+    let err = Config::from_toml(&typo, "test").unwrap_err().to_string();
+    assert!(err.contains("read_only_function"), "{err}");
+}

@@ -6,9 +6,11 @@
 //! latest snapshot. Snapshots are replaced whole, never mutated; the one write from
 //! outside (a session reporting a dead node) also swaps in a new snapshot.
 
+pub mod catalog;
 pub mod lag;
 pub(crate) mod poll;
 pub mod roles;
+pub mod select;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,14 +125,9 @@ impl Topology {
                 .is_some_and(|t| t.elapsed() <= stale_after)
     }
 
-    /// Picks a replica for reads, rotating by `turn` among the eligible ones.
-    pub fn pick_replica(&self, turn: usize, stale_after: Duration) -> Option<usize> {
-        let eligible = (0..self.nodes.len()).filter(|&i| self.replica_eligible(i, stale_after));
-        let count = eligible.clone().count();
-        if count == 0 {
-            return None;
-        }
-        eligible.clone().nth(turn % count)
+    /// The replicas that may take reads now.
+    pub fn eligible_replicas(&self, stale_after: Duration) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(move |&i| self.replica_eligible(i, stale_after))
     }
 
     /// Why no replica can take reads, for the client's error message.
@@ -196,11 +193,9 @@ mod tests {
             generation: 1,
         };
         let stale = Duration::from_secs(1);
-        for turn in 0..5 {
-            assert_eq!(topo.pick_replica(turn, stale), Some(1));
-        }
+        assert_eq!(topo.eligible_replicas(stale).collect::<Vec<_>>(), vec![1]);
         let down = topo.with_node_down(1);
-        assert_eq!(down.pick_replica(0, stale), None);
+        assert_eq!(down.eligible_replicas(stale).count(), 0);
         assert!(down.describe_replicas().contains("down"));
     }
 }

@@ -18,15 +18,16 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::TokenWithSpan;
 
 use super::{HintPolicy, Route, SessionEffect, Verdict};
 
 /// Parses one statement's tokens and classifies it; `None` when sqlparser
 /// rejects them (the caller then treats the statement as unparsed).
-pub(crate) fn classify_tokens(tokens: Vec<Token>) -> Option<Verdict> {
+pub(crate) fn classify_tokens(tokens: Vec<TokenWithSpan>) -> Option<Verdict> {
     let dialect = PostgreSqlDialect {};
-    match Parser::new(&dialect).with_tokens(tokens).parse_statements() {
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    match parser.parse_statements() {
         Ok(statements) => statements.iter().map(statement).reduce(Verdict::then),
         Err(err) => {
             tracing::debug!(error = %err, "router: cannot parse statement");

@@ -18,14 +18,23 @@
 //! Eviction is FIFO per shard: cheap, and good enough since applications
 //! repeat a small set of statements (prepared or not).
 //!
-//! This module must not classify anything itself: it calls [`classify`].
+//! Decisions depend on the [`FunctionPolicy`], which [`ClassifierCache::set_policy`]
+//! swaps through `arc-swap` (a miss reads it without a lock; a hit does not
+//! read it at all). Swapping bumps a generation and empties the cache; a miss
+//! classified under an older generation is not stored, so no decision made
+//! with a replaced policy can outlive the swap.
+//!
+//! This module must not classify anything itself: it calls [`classify_with`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Decision, classify};
+use arc_swap::ArcSwap;
+
+use super::{Decision, FunctionPolicy, classify_with};
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 16;
@@ -41,7 +50,7 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 pub struct CacheStats {
     /// Entries currently stored.
     pub entries: usize,
-    /// Maximum number of entries (capacity rounded up to a multiple of [`SHARDS`]).
+    /// Maximum number of entries (capacity rounded up to a multiple of `SHARDS`).
     pub capacity: usize,
     /// Lookups answered from the cache.
     pub hits: u64,
@@ -49,11 +58,14 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// A sharded, bounded cache in front of [`classify`].
+/// A sharded, bounded cache in front of [`classify_with`] and the current policy.
 pub struct ClassifierCache {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
+    policy: ArcSwap<FunctionPolicy>,
+    /// Bumped by every policy swap, after the swap.
+    generation: AtomicU64,
 }
 
 /// The map is keyed by the text's hash, which is already well mixed: it is
@@ -74,19 +86,37 @@ struct Entry {
 
 impl ClassifierCache {
     /// A cache holding at most about `capacity` decisions (see the module
-    /// docs for the exact bound). `capacity == 0` disables caching.
+    /// docs for the exact bound). `capacity == 0` disables caching. The
+    /// policy starts empty (no catalog): the behaviour of [`super::classify`].
     pub fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
             hasher: RandomState::new(),
+            policy: ArcSwap::from_pointee(FunctionPolicy::default()),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// Same as [`classify`], answered from the cache when the exact text was seen.
+    /// Replaces the function policy for every later classification and
+    /// forgets every decision made with the old one.
+    pub fn set_policy(&self, policy: Arc<FunctionPolicy>) {
+        self.policy.store(policy);
+        // Release: a miss that reads the new generation also sees the new policy.
+        self.generation.fetch_add(1, Ordering::Release);
+        self.clear();
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> Arc<FunctionPolicy> {
+        self.policy.load_full()
+    }
+
+    /// Same as [`classify_with`] and the current policy, answered from the
+    /// cache when the exact text was seen.
     pub fn classify(&self, sql: &str) -> Decision {
         if self.per_shard == 0 || sql.len() > MAX_CACHED_LEN {
-            return classify(sql);
+            return classify_with(sql, &self.policy.load());
         }
         self.classify_hashed(sql, self.hasher.hash_one(sql))
     }
@@ -109,12 +139,20 @@ impl ClassifierCache {
                 None => shard.misses += 1,
             }
         }
-        let decision = classify(sql);
+        // Order: generation before policy, so a swap in between is noticed below.
+        let generation = self.generation.load(Ordering::Acquire);
+        let decision = classify_with(sql, &self.policy.load());
         let entry = Entry {
             text: sql.into(),
             decision,
         };
-        lock(shard).insert(hash, entry, self.per_shard);
+        let mut shard = lock(shard);
+        // Under the shard lock: `set_policy` bumps the generation before it
+        // clears this shard, so either this insert is refused here or the
+        // clear removes it.
+        if self.generation.load(Ordering::Acquire) == generation {
+            shard.insert(hash, entry, self.per_shard);
+        }
         decision
     }
 

@@ -1,5 +1,7 @@
 //! The deny-list of functions that must not run on a replica, and the token
 //! scan that finds their calls (and locking clauses) anywhere in a statement.
+//! Calls of other functions are judged by the [`FunctionPolicy`] (see
+//! `calls.rs` for which words before `(` count as calls there).
 //!
 //! The scan works on sqlparser tokens, not on the AST: a function call is a
 //! word followed by `(`, wherever it appears (select list, WHERE, FROM,
@@ -9,10 +11,13 @@
 //! named `update` after `FOR`) only send a read to the primary, which is safe.
 //!
 //! This module must not decide routes on its own: it reports what it saw and
-//! [`Scan::apply`] strengthens a verdict accordingly.
+//! `Scan::apply` strengthens a verdict accordingly.
 
+use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, Word};
 
+use super::calls;
+use super::policy::{CallRisk, FunctionPolicy};
 use super::{HintPolicy, Route, SessionEffect, Verdict};
 
 /// Functions that write, take session-level state, or fail on a standby.
@@ -24,8 +29,8 @@ use super::{HintPolicy, Route, SessionEffect, Verdict};
 /// that prefix. Keep the list sorted (a unit test checks it) and lowercase.
 ///
 /// `pg_sleep` and plain reads (`pg_is_in_recovery`, `now`, `random`, ...) are
-/// fine on a replica and deliberately absent. Functions defined by users that
-/// write are invisible to this list; the replica rejects them at run time.
+/// fine on a replica and deliberately absent. Functions defined by users are
+/// judged by the [`FunctionPolicy`] instead (their volatility and the config).
 pub const DENIED_FUNCTIONS: &[&str] = &[
     "currval",                           // session-local: the value lives on the primary
     "dblink*",                           // dblink, dblink_exec, dblink_connect...: remote SQL
@@ -105,13 +110,30 @@ pub(crate) struct Scan {
     /// `SELECT ... INTO [LOCAL|GLOBAL] TEMP ...` or `INTO pg_temp.x`: creates
     /// a temporary table, so the session must stay on the primary.
     pub(crate) into_temp: bool,
+    /// The worst of the calls the [`FunctionPolicy`] judged.
+    pub(crate) function_risk: CallRisk,
 }
 
 /// Words whose presence (unquoted) makes an unparsed read-looking text a
-/// possible write, so that a replica hint is refused.
-const WRITE_WORDS: &[&str] = &[
-    "ALTER", "CALL", "COPY", "CREATE", "DELETE", "DROP", "GRANT", "INSERT", "INTO", "LOCK",
-    "MERGE", "NOTIFY", "REVOKE", "SHARE", "TRUNCATE", "UPDATE",
+/// possible write, so that a replica hint is refused. Compared as sqlparser
+/// keywords (an enum compare, not a string compare per word).
+const WRITE_WORDS: &[Keyword] = &[
+    Keyword::ALTER,
+    Keyword::CALL,
+    Keyword::COPY,
+    Keyword::CREATE,
+    Keyword::DELETE,
+    Keyword::DROP,
+    Keyword::GRANT,
+    Keyword::INSERT,
+    Keyword::INTO,
+    Keyword::LOCK,
+    Keyword::MERGE,
+    Keyword::NOTIFY,
+    Keyword::REVOKE,
+    Keyword::SHARE,
+    Keyword::TRUNCATE,
+    Keyword::UPDATE,
 ];
 
 /// An unquoted word's text.
@@ -131,43 +153,49 @@ pub(crate) fn is_kw(token: &Token, kw: &str) -> bool {
     keyword(token).is_some_and(|w| w.eq_ignore_ascii_case(kw))
 }
 
-/// Scans one statement's tokens (blanks and comments are skipped).
-pub(crate) fn scan(tokens: &[Token]) -> Scan {
-    let mut scan = Scan::default();
-    let mut sig = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .peekable();
+/// Scans one statement's significant tokens (see `keywords::significant`).
+pub(crate) fn scan(sig: &[&Token], policy: &FunctionPolicy) -> Scan {
+    let mut scan = Scan {
+        function_risk: calls::worst_risk(sig, policy),
+        ..Scan::default()
+    };
+    let mut sig = sig.iter().copied().peekable();
     let mut prev: Option<&Token> = None;
     let mut after_select_into = false;
     while let Some(token) = sig.next() {
         let next = sig.peek().copied();
-        if let Token::Word(word) = token {
-            if next == Some(&Token::LParen) && is_denied(&word.value) {
-                scan.denied_function = true;
-                scan.sets_config |= word.value.eq_ignore_ascii_case("set_config");
-            }
-            if word.value.eq_ignore_ascii_case("pg_temp") && after_select_into {
-                scan.into_temp = true;
-            }
+        let Token::Word(word) = token else {
+            prev = Some(token);
+            continue;
+        };
+        if next == Some(&Token::LParen) && is_denied(&word.value) {
+            scan.denied_function = true;
+            scan.sets_config |= word.value.eq_ignore_ascii_case("set_config");
         }
-        if let Some(kw) = keyword(token) {
-            if kw.eq_ignore_ascii_case("FOR")
-                && next
-                    .is_some_and(|n| ["UPDATE", "SHARE", "NO", "KEY"].iter().any(|k| is_kw(n, k)))
+        if after_select_into && word.value.eq_ignore_ascii_case("pg_temp") {
+            scan.into_temp = true;
+        }
+        if word.quote_style.is_none() {
+            let kw = word.keyword;
+            let next_is =
+                |kws: &[Keyword]| next.is_some_and(|n| kws.iter().any(|&k| is_keyword(n, k)));
+            if kw == Keyword::FOR
+                && next_is(&[Keyword::UPDATE, Keyword::SHARE, Keyword::NO, Keyword::KEY])
             {
                 scan.locking = true;
             }
-            if WRITE_WORDS.iter().any(|w| kw.eq_ignore_ascii_case(w)) {
-                scan.write_word = true;
-            }
-            let after_insert = prev.is_some_and(|p| is_kw(p, "INSERT") || is_kw(p, "MERGE"));
-            if kw.eq_ignore_ascii_case("INTO") && !after_insert {
+            scan.write_word |= WRITE_WORDS.contains(&kw);
+            let after_insert = prev
+                .is_some_and(|p| is_keyword(p, Keyword::INSERT) || is_keyword(p, Keyword::MERGE));
+            if kw == Keyword::INTO && !after_insert {
                 after_select_into = true;
-                let temp_word = ["TEMP", "TEMPORARY", "LOCAL", "GLOBAL"];
-                if next.is_some_and(|n| temp_word.iter().any(|k| is_kw(n, k))) {
-                    scan.into_temp = true;
-                }
+                let temp = [
+                    Keyword::TEMP,
+                    Keyword::TEMPORARY,
+                    Keyword::LOCAL,
+                    Keyword::GLOBAL,
+                ];
+                scan.into_temp |= next_is(&temp);
             }
         }
         prev = Some(token);
@@ -175,17 +203,24 @@ pub(crate) fn scan(tokens: &[Token]) -> Scan {
     scan
 }
 
+/// Whether `token` is the unquoted word sqlparser knows as keyword `kw`.
+pub(crate) fn is_keyword(token: &Token, kw: Keyword) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.keyword == kw)
+}
+
 impl Scan {
     /// Strengthens the verdict of a statement (parsed or not) with what the scan saw.
+    ///
+    /// Known writes (deny-listed or config-forced functions, locking) refuse a
+    /// replica hint; calls the policy is merely unsure of (volatile or unknown
+    /// functions) let the hint decide, like an unparsed read does.
     pub(crate) fn apply(self, mut verdict: Verdict) -> Verdict {
-        if verdict.route == Route::Replica && (self.denied_function || self.locking) {
-            verdict.route = Route::Primary;
-            verdict.reason = if self.denied_function {
-                "side-effect function"
-            } else {
-                "locking read"
-            };
-            verdict.hint = HintPolicy::RefuseWrite;
+        if verdict.route == Route::Replica {
+            if let Some((reason, hint)) = self.primary_reason() {
+                verdict.route = Route::Primary;
+                verdict.reason = reason;
+                verdict.hint = verdict.hint.max(hint);
+            }
         }
         if self.into_temp {
             verdict.route = Route::Primary;
@@ -196,5 +231,23 @@ impl Scan {
             verdict.session = SessionEffect::SetsState;
         }
         verdict
+    }
+
+    /// Why a read must run on the primary after all, strongest reason first.
+    pub(crate) fn primary_reason(&self) -> Option<(&'static str, HintPolicy)> {
+        let refuse = HintPolicy::RefuseWrite;
+        if self.denied_function {
+            Some(("side-effect function", refuse))
+        } else if self.function_risk == CallRisk::Forced {
+            Some(("primary function", refuse))
+        } else if self.locking {
+            Some(("locking read", refuse))
+        } else if self.function_risk == CallRisk::Volatile {
+            Some(("volatile function", HintPolicy::Allow))
+        } else if self.function_risk == CallRisk::Unknown {
+            Some(("unknown function", HintPolicy::Allow))
+        } else {
+            None
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! EXPLAIN, COPY, anything unknown) are left to `ast.rs`: this module must not
 //! guess about them.
 
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan};
 
 use super::functions::{is_kw, keyword};
 use super::{HintPolicy, SessionEffect, TxEffect, Verdict};
@@ -20,60 +20,73 @@ use super::{HintPolicy, SessionEffect, TxEffect, Verdict};
 /// Splits a token stream into statements at top-level `;`. Semicolons inside
 /// parentheses (`CREATE RULE ... DO (a; b)`) and inside `BEGIN ATOMIC ... END`
 /// function bodies do not split. Statements holding only blanks and comments
-/// are dropped; the `;` tokens themselves are not kept.
-pub(crate) fn split_statements(tokens: Vec<Token>) -> Vec<Vec<Token>> {
-    let mut statements = Vec::new();
-    let mut current = Vec::new();
+/// are dropped; the `;` tokens themselves are not kept. Tokens keep their
+/// spans so that the parser takes them as they are (no conversion), and the
+/// first statement keeps the original vector (no copy in the common case of
+/// one statement with or without a trailing `;`).
+pub(crate) fn split_statements(mut tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let cuts = top_level_semicolons(&tokens);
+    let mut statements = Vec::with_capacity(cuts.len() + 1);
+    for &cut in cuts.iter().rev() {
+        let tail = tokens.split_off(cut + 1);
+        tokens.truncate(cut);
+        push_statement(&mut statements, tail);
+    }
+    push_statement(&mut statements, tokens);
+    statements.reverse();
+    statements
+}
+
+/// Positions of the `;` that end statements.
+fn top_level_semicolons(tokens: &[TokenWithSpan]) -> Vec<usize> {
+    let mut cuts = Vec::new();
     let mut parens = 0usize;
     let mut atomic = 0usize;
     let mut prev_begin = false;
-    for token in tokens {
-        if token == Token::SemiColon && parens == 0 && atomic == 0 {
-            push_statement(&mut statements, std::mem::take(&mut current));
-            continue;
-        }
-        match &token {
+    for (i, spanned) in tokens.iter().enumerate() {
+        let token = &spanned.token;
+        match token {
+            Token::SemiColon if parens == 0 && atomic == 0 => cuts.push(i),
             Token::LParen => parens += 1,
             Token::RParen => parens = parens.saturating_sub(1),
             Token::Whitespace(_) => {}
             _ => {
-                if atomic > 0 && is_kw(&token, "CASE") {
+                if atomic > 0 && is_kw(token, "CASE") {
                     atomic += 1;
-                } else if atomic > 0 && is_kw(&token, "END") {
+                } else if atomic > 0 && is_kw(token, "END") {
                     atomic -= 1;
-                } else if prev_begin && is_kw(&token, "ATOMIC") {
+                } else if prev_begin && is_kw(token, "ATOMIC") {
                     atomic = 1;
                 }
-                prev_begin = is_kw(&token, "BEGIN");
+                prev_begin = is_kw(token, "BEGIN");
             }
         }
-        current.push(token);
     }
-    push_statement(&mut statements, current);
-    statements
+    cuts
 }
 
-fn push_statement(statements: &mut Vec<Vec<Token>>, statement: Vec<Token>) {
-    if statement
-        .iter()
-        .any(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
-    {
+fn push_statement(statements: &mut Vec<Vec<TokenWithSpan>>, statement: Vec<TokenWithSpan>) {
+    if statement.iter().any(|t| is_significant(&t.token)) {
         statements.push(statement);
     }
 }
 
-/// The first `N` significant (non-blank, non-comment) tokens of a statement.
-fn lead<const N: usize>(tokens: &[Token]) -> [Option<&Token>; N] {
-    let mut out = [None; N];
-    let sig = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
-    for (slot, token) in out.iter_mut().zip(sig) {
-        *slot = Some(token);
-    }
-    out
+/// Whether a token means something (is not a blank, a comment or the end).
+pub(crate) fn is_significant(token: &Token) -> bool {
+    !matches!(token, Token::Whitespace(_) | Token::EOF)
 }
 
-fn kw_at(token: Option<&Token>, kw: &str) -> bool {
-    token.is_some_and(|t| is_kw(t, kw))
+/// The significant tokens of a statement: what every check below looks at.
+pub(crate) fn significant(tokens: &[TokenWithSpan]) -> Vec<&Token> {
+    tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| is_significant(t))
+        .collect()
+}
+
+fn kw_at(sig: &[&Token], i: usize, kw: &str) -> bool {
+    sig.get(i).is_some_and(|t| is_kw(t, kw))
 }
 
 /// How a statement that starts like a read starts.
@@ -86,8 +99,8 @@ pub(crate) enum ReadLead {
 }
 
 /// Whether the statement starts like a read; used only to judge unparsed texts.
-pub(crate) fn read_lead(tokens: &[Token]) -> Option<ReadLead> {
-    match lead::<1>(tokens)[0]? {
+pub(crate) fn read_lead(sig: &[&Token]) -> Option<ReadLead> {
+    match *sig.first()? {
         Token::LParen => Some(ReadLead::Other),
         t if is_kw(t, "TABLE") => Some(ReadLead::Table),
         t if ["SELECT", "WITH", "VALUES", "SHOW", "EXPLAIN"]
@@ -158,31 +171,31 @@ pub(crate) fn fast_verdict(word: &str) -> Option<Verdict> {
 
 /// Verdict for a statement its leading keywords decide, or `None` when the
 /// body matters (or the first word is unknown) and the statement must be parsed.
-pub(crate) fn keyword_verdict(tokens: &[Token]) -> Option<Verdict> {
-    let first = lead::<1>(tokens)[0].and_then(keyword)?;
+pub(crate) fn keyword_verdict(sig: &[&Token]) -> Option<Verdict> {
+    let first = sig.first().and_then(|t| keyword(t))?;
     if let Some(verdict) = fast_verdict(first) {
         return Some(verdict);
     }
     let upper = first.to_ascii_uppercase();
     let verdict = match upper.as_str() {
-        "BEGIN" => begin(tokens),
+        "BEGIN" => begin(sig),
         "START" => {
-            if !kw_at(lead::<2>(tokens)[1], "TRANSACTION") {
+            if !kw_at(sig, 1, "TRANSACTION") {
                 return None;
             }
-            begin(tokens)
+            begin(sig)
         }
-        "COMMIT" | "END" | "ROLLBACK" | "ABORT" => finish(tokens, &upper),
+        "COMMIT" | "END" | "ROLLBACK" | "ABORT" => finish(sig, &upper),
         "PREPARE" => {
-            if kw_at(lead::<2>(tokens)[1], "TRANSACTION") {
+            if kw_at(sig, 1, "TRANSACTION") {
                 control("prepare transaction").with_tx(TxEffect::End)
             } else {
                 control("prepared statement")
             }
         }
-        "SET" => set(tokens),
-        "DECLARE" => declare(tokens),
-        "CREATE" => create(tokens),
+        "SET" => set(sig),
+        "DECLARE" => declare(sig),
+        "CREATE" => create(sig),
         _ => return None,
     };
     Some(verdict)
@@ -190,11 +203,7 @@ pub(crate) fn keyword_verdict(tokens: &[Token]) -> Option<Verdict> {
 
 /// BEGIN / START TRANSACTION with optional modes. A READ ONLY transaction may
 /// start on a replica, unless it is SERIALIZABLE (a standby refuses that).
-fn begin(tokens: &[Token]) -> Verdict {
-    let sig: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
+fn begin(sig: &[&Token]) -> Verdict {
     let mut read_only = false;
     let mut serializable = false;
     for pair in sig.windows(2) {
@@ -216,9 +225,8 @@ fn begin(tokens: &[Token]) -> Verdict {
 }
 
 /// COMMIT / END / ROLLBACK / ABORT, with PREPARED, TO SAVEPOINT and AND CHAIN.
-fn finish(tokens: &[Token], first: &str) -> Verdict {
-    let [_, second, ..] = lead::<2>(tokens);
-    if kw_at(second, "PREPARED") {
+fn finish(sig: &[&Token], first: &str) -> Verdict {
+    if kw_at(sig, 1, "PREPARED") {
         let reason = if first == "COMMIT" {
             "commit prepared"
         } else {
@@ -226,10 +234,6 @@ fn finish(tokens: &[Token], first: &str) -> Verdict {
         };
         return control(reason).with_tx(TxEffect::End);
     }
-    let sig: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
     if matches!(first, "ROLLBACK" | "ABORT") && sig.iter().any(|t| is_kw(t, "TO")) {
         return control("rollback to savepoint");
     }
@@ -250,13 +254,12 @@ fn finish(tokens: &[Token], first: &str) -> Verdict {
 
 /// SET: session-wide unless LOCAL, TRANSACTION or CONSTRAINTS (which only
 /// last until the end of the transaction).
-fn set(tokens: &[Token]) -> Verdict {
-    let second = lead::<2>(tokens)[1];
-    if kw_at(second, "LOCAL") {
+fn set(sig: &[&Token]) -> Verdict {
+    if kw_at(sig, 1, "LOCAL") {
         control("set local")
-    } else if kw_at(second, "TRANSACTION") {
+    } else if kw_at(sig, 1, "TRANSACTION") {
         control("set transaction")
-    } else if kw_at(second, "CONSTRAINTS") {
+    } else if kw_at(sig, 1, "CONSTRAINTS") {
         control("set constraints")
     } else {
         session("set", SessionEffect::SetsState)
@@ -265,13 +268,12 @@ fn set(tokens: &[Token]) -> Verdict {
 
 /// DECLARE name ... CURSOR [WITH HOLD] FOR query: a held cursor outlives the
 /// transaction, so the session must stay where it was declared.
-fn declare(tokens: &[Token]) -> Verdict {
-    let sig: Vec<&Token> = tokens
+fn declare(sig: &[&Token]) -> Verdict {
+    let head = sig
         .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .take_while(|t| !is_kw(t, "FOR"))
-        .collect();
-    let hold = sig
+        .position(|t| is_kw(t, "FOR"))
+        .map_or(sig, |end| &sig[..end]);
+    let hold = head
         .windows(2)
         .any(|p| is_kw(p[0], "WITH") && is_kw(p[1], "HOLD"));
     if hold {
@@ -284,20 +286,17 @@ fn declare(tokens: &[Token]) -> Verdict {
 /// CREATE ...: always the primary; pins the session when it creates a
 /// temporary object (`CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP|TEMPORARY ...`,
 /// or anything naming the `pg_temp` schema).
-fn create(tokens: &[Token]) -> Verdict {
-    let mut sig = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .skip(1);
+fn create(sig: &[&Token]) -> Verdict {
     let temp = sig
-        .by_ref()
+        .iter()
+        .skip(1)
         .find(|t| {
             !["OR", "REPLACE", "GLOBAL", "LOCAL"]
                 .iter()
                 .any(|k| is_kw(t, k))
         })
         .is_some_and(|t| is_kw(t, "TEMP") || is_kw(t, "TEMPORARY"));
-    let pg_temp = tokens.iter().any(|t| match t {
+    let pg_temp = sig.iter().any(|t| match t {
         Token::Word(w) => w.value.eq_ignore_ascii_case("pg_temp"),
         _ => false,
     });

@@ -10,8 +10,12 @@
 //!   statements whose leading keywords decide everything (writes, DDL,
 //!   transaction control, SET ...) without a full parse.
 //! - `ast.rs`: parsing and walking queries, EXPLAIN and COPY with sqlparser.
+//! - `simple.rs`: a recogniser for plain SELECTs, which skip the full parse.
 //! - [`functions`]: the deny-list of functions that write or fail on a standby,
-//!   and the token scan that finds their calls.
+//!   and the token scan that finds their calls (`calls.rs` tells calls apart
+//!   from other words before `(`).
+//! - [`policy`]: [`FunctionPolicy`], what the primary's catalog and the config
+//!   say about user-defined functions.
 //! - `cache.rs`: [`ClassifierCache`], a sharded bounded cache of decisions.
 //!
 //! How a text is classified:
@@ -20,29 +24,39 @@
 //!    (INSERT, UPDATE, DELETE, ALTER, DROP, ...) is answered without tokenizing.
 //! 3. Otherwise the text is tokenized once (PostgreSQL dialect), split into
 //!    statements at top-level semicolons, and each statement is classified:
-//!    by its leading keywords when they decide it, else by parsing it. Queries
-//!    are also scanned token by token for deny-listed function calls and
+//!    by its leading keywords when they decide it, as a plain read when it is
+//!    a SELECT of the simple grammar, else by parsing it (the parser takes the
+//!    same tokens: nothing is tokenized twice). Queries are also scanned token
+//!    by token for function calls (deny-list and [`FunctionPolicy`]) and
 //!    locking clauses at any depth.
 //! 4. The strongest requirement of any statement wins; the hint is applied last.
 //!
-//! Known limits (by design, not bugs): a user-defined function that writes is
-//! invisible here (the replica will reject it with "read-only transaction");
-//! anything sqlparser cannot parse goes to the primary.
+//! Known limits (by design, not bugs): what a user-defined function does is
+//! only known through its declared volatility (see [`policy`]); functions
+//! run without a call in the text (operators, casts, `t.f` attribute
+//! notation, calls inside views) are invisible; anything sqlparser cannot
+//! parse goes to the primary.
 
 mod ast;
 mod cache;
+mod calls;
 pub mod functions;
 pub mod hints;
 mod keywords;
+pub mod policy;
+mod simple;
 
 #[cfg(test)]
 mod tests;
 
 pub use cache::{CacheStats, ClassifierCache};
 pub use hints::Hint;
+pub use policy::{FunctionName, FunctionNameError, FunctionPolicy, Volatility};
+
+use std::sync::LazyLock;
 
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::Tokenizer;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// Where a statement may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,13 +110,21 @@ pub struct Decision {
     pub hint_refused: bool,
 }
 
-/// Classifies one statement text (simple Query or Parse). Never fails: anything
+/// Classifies one statement text (simple Query or Parse) with no catalog
+/// loaded: only the deny-list judges function calls. Never fails: anything
 /// it cannot parse or does not recognise goes to the primary.
 pub fn classify(sql: &str) -> Decision {
+    static NO_CATALOG: LazyLock<FunctionPolicy> = LazyLock::new(FunctionPolicy::default);
+    classify_with(sql, &NO_CATALOG)
+}
+
+/// Classifies one statement text, judging calls of user-defined functions
+/// with `policy` (see [`policy`]).
+pub fn classify_with(sql: &str, policy: &FunctionPolicy) -> Decision {
     let prefix = hints::scan_prefix(sql);
     let verdict = match fast_path(sql, prefix.body_start) {
         Some(verdict) => verdict,
-        None => classify_text(sql),
+        None => classify_text(sql, policy),
     };
     verdict.into_decision(prefix.hint)
 }
@@ -248,47 +270,54 @@ fn fast_path(sql: &str, body_start: usize) -> Option<Verdict> {
 }
 
 /// The full path: tokenize once, split into statements, classify each, combine.
-pub(crate) fn classify_text(sql: &str) -> Verdict {
+pub(crate) fn classify_text(sql: &str, policy: &FunctionPolicy) -> Verdict {
     let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql)
+    // Sized for typical SQL (a token, blanks included, every 3 bytes or so)
+    // so that the buffer rarely grows: growing moves every token.
+    let mut tokens = Vec::with_capacity(sql.len() / 3 + 4);
+    let tokenized = Tokenizer::new(&dialect, sql)
         .with_unescape(false)
-        .tokenize()
-    {
-        Ok(tokens) => tokens,
-        Err(err) => {
-            tracing::debug!(error = %err, "router: cannot tokenize statement");
-            return Verdict::write("unparsed");
-        }
-    };
+        .tokenize_with_location_into_buf(&mut tokens);
+    if let Err(err) = tokenized {
+        tracing::debug!(error = %err, "router: cannot tokenize statement");
+        return Verdict::write("unparsed");
+    }
     keywords::split_statements(tokens)
         .into_iter()
-        .map(classify_statement)
+        .map(|statement| classify_statement(statement, policy))
         .reduce(Verdict::then)
         .unwrap_or(Verdict::EMPTY)
 }
 
 /// Classifies one statement's tokens (no top-level `;`, not empty).
-fn classify_statement(tokens: Vec<sqlparser::tokenizer::Token>) -> Verdict {
-    if let Some(verdict) = keywords::keyword_verdict(&tokens) {
-        return verdict;
-    }
-    let scan = functions::scan(&tokens);
-    let lead = keywords::read_lead(&tokens);
+fn classify_statement(tokens: Vec<TokenWithSpan>, policy: &FunctionPolicy) -> Verdict {
+    let (scan, lead) = {
+        let sig: Vec<&Token> = keywords::significant(&tokens);
+        if let Some(verdict) = keywords::keyword_verdict(&sig) {
+            return verdict;
+        }
+        let scan = functions::scan(&sig, policy);
+        if simple::is_simple_select(&sig) {
+            return scan.apply(Verdict::read("select"));
+        }
+        (scan, keywords::read_lead(&sig))
+    };
     let verdict = match ast::classify_tokens(tokens) {
         Some(verdict) => verdict,
         // sqlparser 0.63 does not parse `TABLE name`; nothing in it can write
         // except what the scan finds (locking clauses, denied functions).
         None if lead == Some(keywords::ReadLead::Table) => Verdict::read("table"),
-        None if scan.locking => Verdict::write("locking read"),
-        None if scan.denied_function => Verdict::write("side-effect function"),
-        None => {
-            let hint = if lead.is_some() && !scan.write_word {
-                HintPolicy::Allow
-            } else {
-                HintPolicy::RefuseWrite
-            };
-            Verdict::primary("unparsed", hint)
-        }
+        None => match scan.primary_reason() {
+            Some((reason, HintPolicy::RefuseWrite)) => Verdict::write(reason),
+            _ => {
+                let hint = if lead.is_some() && !scan.write_word {
+                    HintPolicy::Allow
+                } else {
+                    HintPolicy::RefuseWrite
+                };
+                Verdict::primary("unparsed", hint)
+            }
+        },
     };
     scan.apply(verdict)
 }

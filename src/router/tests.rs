@@ -2,6 +2,8 @@
 //! `tests/cases.rs`; this file holds the harness and the focused tests.
 
 mod cases;
+mod policy_cases;
+mod simple_select;
 
 use std::time::Instant;
 
@@ -33,7 +35,7 @@ fn statement_table() {
             ));
         }
         // The fast path must agree with the full path.
-        let full = classify_text(sql).into_decision(hint_of(sql));
+        let full = classify_text(sql, &FunctionPolicy::default()).into_decision(hint_of(sql));
         if full != got {
             failures.push(format!(
                 "{sql:?}: fast path {} != full path {}",
@@ -207,7 +209,7 @@ fn splitting() {
     let split = |sql: &str| {
         let dialect = sqlparser::dialect::PostgreSqlDialect {};
         let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, sql)
-            .tokenize()
+            .tokenize_with_location()
             .unwrap();
         keywords::split_statements(tokens).len()
     };
