@@ -115,6 +115,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     next_pid: AtomicI32,
     pub replica_turn: AtomicUsize,
+    /// Statements in flight per node (by config index), for least_outstanding.
+    outstanding: Vec<AtomicUsize>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -135,6 +137,24 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+    }
+
+    /// Statements in flight on `node`.
+    pub fn outstanding(&self, node: usize) -> usize {
+        self.outstanding
+            .get(node)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// A session started (`true`) or finished (`false`) work on `node`.
+    pub fn track_outstanding(&self, node: usize, started: bool) {
+        if let Some(counter) = self.outstanding.get(node) {
+            if started {
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A session saw `node` fail: publish it as down now rather than at the next poll.
@@ -176,6 +196,11 @@ impl RouterHandle {
         self.shared.topology.load_full()
     }
 
+    /// Statements in flight on `node` through this router.
+    pub fn outstanding(&self, node: usize) -> usize {
+        self.shared.outstanding(node)
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.load_full()
     }
@@ -187,7 +212,21 @@ impl RouterHandle {
         // Secrets first: a client authenticating during the swap sees old users with
         // old secrets or new users with new ones, never a user without a secret.
         self.shared.secrets.store(Arc::new(secrets));
+        let routing_changed = self.shared.config.load().routing != config.routing;
         self.shared.config.store(Arc::new(config));
+        if routing_changed {
+            let classifier = &self.shared.classifier;
+            let policy = classifier
+                .policy()
+                .with_routing(&self.shared.config.load().routing);
+            classifier.set_policy(Arc::new(policy));
+        }
+        // Functions created since the last load become known (until then they
+        // count as unknown, which routes them to the primary).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            runtime.spawn(async move { refresh_function_catalog(&shared).await });
+        }
         Ok(())
     }
 }
@@ -197,6 +236,8 @@ impl Router {
     pub fn new(config: Config) -> Result<Router, RunError> {
         config.validate()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Nodes added by a later reload get no outstanding counter and count as idle.
+        let node_count = config.nodes.len();
         let topology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
         let shared = Shared {
             secrets: ArcSwap::from_pointee(ClientSecrets::from_config(&config)),
@@ -208,8 +249,13 @@ impl Router {
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             replica_turn: AtomicUsize::new(0),
+            outstanding: (0..node_count).map(|_| AtomicUsize::new(0)).collect(),
             shutdown: shutdown_rx,
         };
+        // Until the catalog is read from the primary, the config lists and the
+        // deny-list decide about functions.
+        let policy = crate::router::FunctionPolicy::without_catalog(&shared.config.load().routing);
+        shared.classifier.set_policy(Arc::new(policy));
         Ok(Router {
             shared: Arc::new(shared),
             shutdown_tx,
@@ -245,6 +291,7 @@ impl Router {
         if first_round.is_err() {
             tracing::warn!("first health check did not finish in time; starting anyway");
         }
+        refresh_function_catalog(&shared).await;
         let monitor = monitor::spawn_monitor(
             shared.config.clone(),
             shared.topology.clone(),
@@ -281,6 +328,17 @@ impl Router {
         tracing::info!("router stopped");
         result
     }
+}
+
+/// Reads the function catalog from the current primary into the classifier.
+async fn refresh_function_catalog(shared: &Shared) {
+    let config = shared.config.load_full();
+    let topology = shared.topology.load();
+    let Some(primary) = topology.nodes.get(topology.primary) else {
+        return;
+    };
+    let address = (primary.host.clone(), primary.port);
+    monitor::catalog::refresh(&config, (&address.0, address.1), &shared.classifier).await;
 }
 
 /// Runs a router on `listener` with `config` until `shutdown` resolves.

@@ -27,10 +27,25 @@ pub async fn start() -> TestEnv {
 
 /// A cluster and a router whose config `tweak` may change.
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestEnv {
+    start_after_setup("", tweak).await
+}
+
+/// Like [`start_with`], running `setup_sql` on the primary before the router starts.
+pub async fn start_after_setup(setup_sql: &str, tweak: impl FnOnce(&mut Config)) -> TestEnv {
     let _ = tracing_subscriber_init();
     let cluster = Cluster::start(ClusterSpec::default())
         .await
         .expect("cluster starts");
+    if !setup_sql.is_empty() {
+        let primary = cluster
+            .connect(cluster.primary())
+            .await
+            .expect("connect to primary");
+        primary
+            .batch_execute(setup_sql)
+            .await
+            .expect("setup SQL runs");
+    }
     let mut config = base_config(&cluster);
     tweak(&mut config);
     let router = Router::new(config).expect("config is valid");
