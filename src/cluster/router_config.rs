@@ -19,6 +19,7 @@ impl Cluster {
                 },
                 max_replica_lag: None,
                 max_replica_lag_bytes: None,
+                weight: 1,
             })
             .collect()
     }

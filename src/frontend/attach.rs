@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::session::{PRIMARY, REPLICA, Session, attach};
 use crate::backend::BackendError;
 use crate::config::NoReplica;
+use crate::monitor::select::{self, Candidate};
 use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
 use crate::protocol::sqlstate;
 
@@ -54,7 +55,7 @@ impl Session {
     pub(super) async fn attach_replica(&mut self) -> Result<bool, AttachError> {
         let config = self.shared.config.load_full();
         // A measurement older than a few intervals counts as over the threshold.
-        let stale_after = config.monitor.interval * 5;
+        let stale_after = config.measurement_stale_after();
         let topology = self.shared.topology.load_full();
         if let Some(attached) = &self.servers[REPLICA] {
             if topology.replica_eligible(attached.conn.conn.node, stale_after) {
@@ -62,8 +63,18 @@ impl Session {
             }
         }
         self.detach(REPLICA).await;
+        let candidates: Vec<Candidate> = topology
+            .eligible_replicas(stale_after)
+            .map(|node| Candidate {
+                node,
+                weight: config.nodes.get(node).map_or(1, |n| n.weight),
+                outstanding: self.shared.outstanding(node),
+            })
+            .collect();
         let turn = self.shared.replica_turn.fetch_add(1, Ordering::Relaxed);
-        if let Some(node) = topology.pick_replica(turn, stale_after) {
+        if let Some(node) =
+            select::choose(&candidates, config.balance.strategy, turn, rand::random())
+        {
             match self.checkout(node).await {
                 Ok(conn) => {
                     self.servers[REPLICA] = Some(attach(conn));

@@ -94,6 +94,8 @@ pub(crate) struct Session {
     pub(super) servers: [Option<Attached>; 2],
     /// The connection with client work in flight, if any.
     pub(super) active: Option<usize>,
+    /// The node `active` points at, counted in the router's outstanding totals.
+    active_node: Option<usize>,
     /// The connection an unsynced batch (after Flush) went to: it gets the rest.
     pub(super) open: Option<usize>,
     /// Extended-protocol messages collected up to Sync or Flush.
@@ -148,6 +150,7 @@ impl Session {
             out,
             servers: [None, None],
             active: None,
+            active_node: None,
             open: None,
             batch: Batch::default(),
             ready: VecDeque::new(),
@@ -320,6 +323,17 @@ impl Session {
         if self.active == slot {
             return;
         }
+        // The node is remembered, not looked up, because a lost connection has
+        // already left its slot when the session goes idle.
+        if let Some(node) = self.active_node.take() {
+            self.shared.track_outstanding(node, false);
+        }
+        self.active_node = slot
+            .and_then(|s| self.servers[s].as_ref())
+            .map(|a| a.conn.conn.node);
+        if let Some(node) = self.active_node {
+            self.shared.track_outstanding(node, true);
+        }
         self.active = slot;
         let target = slot
             .and_then(|s| self.servers[s].as_ref())
@@ -351,6 +365,7 @@ impl Session {
 
     async fn finish(&mut self) {
         self.shared.forget_cancel_key(self.cancel_key);
+        self.set_active(None);
         for slot in [PRIMARY, REPLICA] {
             self.detach(slot).await;
         }

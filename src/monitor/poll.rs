@@ -61,13 +61,23 @@ pub(crate) fn spawn_monitor(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = state;
+        // Rounds start on a fixed beat (not "interval after the last one ended"), so
+        // a slow node or a busy machine does not stretch the time between samples.
+        let mut period = config.load().monitor.interval;
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let current = config.load_full();
-            poll_once(&current, &topology, &mut state).await;
             tokio::select! {
-                _ = tokio::time::sleep(current.monitor.interval) => {}
+                _ = ticks.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
+            let current = config.load_full();
+            if current.monitor.interval != period {
+                period = current.monitor.interval;
+                ticks = tokio::time::interval(period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            poll_once(&current, &topology, &mut state).await;
         }
         tracing::debug!("monitor stopped");
     })
@@ -282,7 +292,7 @@ async fn measure(
     })
 }
 
-fn dsn(config: &Config, host: &str, port: u16) -> String {
+pub(crate) fn dsn(config: &Config, host: &str, port: u16) -> String {
     let (user, password) = match (&config.monitor.user, config.users.first()) {
         (Some(user), _) => (user.clone(), config.monitor.password.clone()),
         (None, Some(first)) => (
