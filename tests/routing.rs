@@ -42,7 +42,6 @@ const PRIMARY_CORPUS: &[&str] = &[
     "CREATE MATERIALIZED VIEW corpus_mv AS SELECT count(*) FROM corpus",
     "REFRESH MATERIALIZED VIEW corpus_mv",
     "EXPLAIN ANALYZE INSERT INTO corpus (v) VALUES ('explained')",
-    "/* pgrouter: replica */ INSERT INTO corpus (v) VALUES ('hint refused')",
     "SELECT 1; UPDATE corpus SET v = v",
     "MERGE INTO corpus c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN UPDATE SET v = 'merged'",
     "PREPARE ins AS INSERT INTO corpus (v) VALUES ($1)",
@@ -148,5 +147,93 @@ async fn a_write_the_classifier_cannot_see_is_rerun_on_the_primary() {
     // The session is still fine afterwards.
     let rows = client.simple_query("SELECT 41 + 1").await.unwrap();
     assert_eq!(first_value(&rows).as_deref(), Some("42"));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_run_on_one_replica_and_replica_hints_never_write() {
+    let env = common::start().await;
+    let client = env.client().await;
+    client
+        .batch_execute("CREATE TABLE ro (v int); INSERT INTO ro VALUES (1)")
+        .await
+        .unwrap();
+    env.wait_replicas().await;
+
+    // READ ONLY from its first statement: the whole transaction on one replica.
+    for begin in [
+        "BEGIN READ ONLY",
+        "START TRANSACTION READ ONLY",
+        "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    ] {
+        client.batch_execute(begin).await.unwrap();
+        let first = common::server_port(&client, "").await;
+        assert!(
+            env.replica_ports().contains(&first),
+            "{begin}: ran on {first}"
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                common::server_port(&client, "").await,
+                first,
+                "{begin}: one replica throughout"
+            );
+        }
+        let row = client
+            .query_one("SELECT count(*) FROM ro", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1);
+        // A write inside fails exactly as PostgreSQL fails it in a READ ONLY transaction.
+        let err = client
+            .batch_execute("INSERT INTO ro VALUES (2)")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+    // A plain BEGIN is read-write: the primary.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(common::server_port(&client, "").await, env.primary_port());
+    client.batch_execute("COMMIT").await.unwrap();
+
+    // A replica hint on a write is refused with a clear error; nothing is written.
+    let err = client
+        .batch_execute("/* pgrouter: replica */ INSERT INTO ro VALUES (3)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("hint was refused")
+    );
+    let err = client
+        .execute("/* pgrouter: replica */ UPDATE ro SET v = $1", &[&5i32])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    let direct = env.primary_direct().await;
+    let row = direct
+        .query_one("SELECT count(*), max(v) FROM ro", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (1, 1));
+    // The session is fine afterwards.
+    assert!(
+        env.replica_ports()
+            .contains(&common::server_port(&client, "").await)
+    );
+    assert_eq!(env.handle.stats().misrouted(), 0);
     env.stop().await;
 }

@@ -52,6 +52,12 @@ pub(super) struct Batch {
     pub has_statement: bool,
     pub needs_primary: bool,
     pub begins_tx: bool,
+    /// The transaction it begins is READ ONLY from its first statement, so it
+    /// may run wholly on one replica.
+    pub read_only_tx: bool,
+    /// A `/* pgrouter: replica */` hint on a statement that writes: the batch is
+    /// answered with an error instead of being run anywhere.
+    pub refused: bool,
     pub pins: bool,
     pub state: Option<Arc<str>>,
 }
@@ -67,8 +73,12 @@ impl Batch {
         if decision.route == Route::Primary {
             self.needs_primary = true;
         }
-        if let TxEffect::Begin { .. } = decision.tx {
+        if let TxEffect::Begin { read_only } = decision.tx {
             self.begins_tx = true;
+            self.read_only_tx = read_only;
+        }
+        if decision.hint_refused {
+            self.refused = true;
         }
         match decision.session {
             SessionEffect::SetsState => self.state = Some(Arc::from(text)),
@@ -221,7 +231,7 @@ impl Session {
     /// the other connection has answered everything.
     pub(super) async fn submit(&mut self, batch: Batch, ends_sync: bool) {
         let slot = self.choose(&batch);
-        if self.conflicts(slot) {
+        if self.must_wait(slot, &batch) {
             self.ready.push_back((slot, batch, ends_sync));
         } else {
             self.dispatch(slot, batch, ends_sync).await;
@@ -233,13 +243,27 @@ impl Session {
         if let Some(open) = self.open {
             return open;
         }
-        let in_transaction = self.tx_status != tx_status::IDLE || self.tx_pending;
-        if self.pinned || batch.pins || in_transaction || batch.needs_primary || batch.begins_tx {
+        // Everything in a transaction runs where its BEGIN ran.
+        if self.tx_status != tx_status::IDLE || self.tx_pending {
+            return self.tx_slot.unwrap_or(PRIMARY);
+        }
+        let read_write_tx = batch.begins_tx && !batch.read_only_tx;
+        if self.pinned || batch.pins || batch.needs_primary || read_write_tx {
             return PRIMARY;
         }
         if !batch.has_statement {
             return self.last_slot;
         }
         REPLICA
+    }
+
+    /// Whether a batch must wait for answers still in flight. A refused batch is
+    /// answered by pgrouter itself, so it waits until nothing is in flight at all.
+    pub(super) fn must_wait(&self, slot: usize, batch: &Batch) -> bool {
+        if batch.refused {
+            self.active.is_some()
+        } else {
+            self.conflicts(slot)
+        }
     }
 }

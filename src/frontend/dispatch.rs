@@ -7,7 +7,7 @@ use super::batch::{Batch, Need};
 use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
 use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
-use crate::protocol::{backend_tag, frontend_tag, sqlstate};
+use crate::protocol::{backend_tag, frontend_tag, sqlstate, tx_status};
 
 /// Past this many remembered session-state statements the session is pinned to
 /// the primary instead of replaying an ever longer log on every new connection.
@@ -17,6 +17,20 @@ impl Session {
     /// Sends `batch` to `slot` (falling back to the primary when no replica can
     /// take it). On failure the client gets an ErrorResponse and the batch is dropped.
     pub(super) async fn dispatch(&mut self, slot: usize, batch: Batch, ends_sync: bool) {
+        if batch.refused {
+            build::error_response(
+                &mut self.out,
+                Severity::Error,
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                "pgrouter: the /* pgrouter: replica */ hint was refused: this statement writes, and writes run only on the primary",
+            );
+            if ends_sync {
+                build::ready_for_query(&mut self.out, self.tx_status);
+            } else {
+                self.discard_until_sync = true;
+            }
+            return;
+        }
         let slot = match self.ensure_attached(slot).await {
             Ok(slot) => slot,
             Err(err) => {
@@ -33,6 +47,9 @@ impl Session {
         // elsewhere without reordering answers (see `retry`).
         let retryable = slot == REPLICA
             && ends_sync
+            && self.tx_status == tx_status::IDLE
+            && !self.tx_pending
+            && !batch.begins_tx
             && self.open.is_none()
             && self.servers[REPLICA].as_ref().is_some_and(|a| a.is_idle());
         if retryable {
@@ -76,6 +93,7 @@ impl Session {
         }
         if batch.begins_tx {
             self.tx_pending = true;
+            self.tx_slot = Some(slot);
         }
         self.shared.stats.count_routed(attached.conn.conn.node);
         self.open = if ends_sync { None } else { Some(slot) };

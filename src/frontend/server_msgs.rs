@@ -137,6 +137,9 @@ impl Session {
             if mark.began_tx {
                 self.tx_pending = false;
             }
+            if status == tx_status::IDLE && !self.tx_pending {
+                self.tx_slot = None;
+            }
             self.retry_after_ready(slot, false);
             self.out.extend_from_slice(&frame.raw);
             if let Some(sql) = mark.state.filter(|_| !mark.had_error) {
@@ -189,10 +192,11 @@ impl Session {
             self.discard_until_sync = true;
             self.open = None;
         }
-        if slot == PRIMARY {
+        if slot == self.tx_slot.unwrap_or(PRIMARY) {
             // The transaction died with the connection.
             self.tx_status = tx_status::IDLE;
             self.tx_pending = false;
+            self.tx_slot = None;
         }
         if self.active == Some(slot) {
             self.set_active(None);

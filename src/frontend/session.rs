@@ -113,6 +113,8 @@ pub(crate) struct Session {
     pub(super) tx_status: u8,
     /// A BEGIN was sent but its ReadyForQuery has not come back yet.
     pub(super) tx_pending: bool,
+    /// Where the open transaction runs (a READ ONLY one may run on a replica).
+    pub(super) tx_slot: Option<usize>,
     /// The session must stay on the primary (temp tables, LISTEN, ...).
     pub(super) pinned: bool,
     /// After an error pgrouter raised inside an extended batch: drop messages up
@@ -159,6 +161,7 @@ impl Session {
             session_log: Vec::new(),
             tx_status: tx_status::IDLE,
             tx_pending: false,
+            tx_slot: None,
             pinned: false,
             discard_until_sync: false,
             last_slot: PRIMARY,
@@ -220,7 +223,7 @@ impl Session {
                 self.drain_server(slot);
             }
             while let Some((slot, batch, ends_sync)) = self.ready.pop_front() {
-                if self.conflicts(slot) {
+                if self.must_wait(slot, &batch) {
                     self.ready.push_front((slot, batch, ends_sync));
                     break;
                 }
