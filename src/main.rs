@@ -52,10 +52,6 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let Some(path) = cli.config else {
@@ -64,7 +60,7 @@ fn main() -> anyhow::Result<()> {
                 );
             };
             let config = Config::load(&path)?;
-            runtime.block_on(serve(config, Some(path)))
+            runtime(config.effective_worker_threads())?.block_on(serve(config, Some(path)))
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -76,8 +72,24 @@ fn main() -> anyhow::Result<()> {
             port,
             cluster_port,
             dir,
-        } => runtime.block_on(demo(port, cluster_port, dir, cli.config)),
+        } => {
+            // The demo shares the machine with its own three servers.
+            let threads = match &cli.config {
+                Some(path) => Config::load_unvalidated(path)?.effective_worker_threads(),
+                None => pgrouter::config::default_worker_threads(),
+            };
+            runtime(threads)?.block_on(demo(port, cluster_port, dir, cli.config))
+        }
     }
+}
+
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tracing::info!(worker_threads, "starting");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn init_logging() {

@@ -4,6 +4,7 @@
 //! hold runtime state: a loaded `Config` is immutable and is swapped whole on reload.
 
 mod duration;
+mod sections;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::parse_duration;
+pub use sections::*;
 
 /// Errors from reading or checking a config file. Always the operator's side.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,11 @@ pub struct Config {
     /// Address pgrouter listens on for clients, e.g. "127.0.0.1:6432".
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Threads that run client sessions. Default: half the cores (at least one),
+    /// which leaves room for servers on the same machine and measured best on two
+    /// cores; on a machine of its own, set it to the number of cores.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     /// How clients prove who they are to pgrouter: "scram-sha-256" (default), "md5" or "trust".
     #[serde(default)]
     pub auth: AuthMethod,
@@ -69,6 +76,11 @@ pub struct Config {
     /// Statement routing: how calls to user-defined functions are treated.
     #[serde(default)]
     pub routing: RoutingConfig,
+}
+
+/// Half the cores, at least one (see `Config::worker_threads`).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 fn default_listen() -> String {
@@ -191,192 +203,6 @@ impl NodeConfig {
     }
 }
 
-/// Pool mode: how long a client keeps a server connection.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// A client keeps its server connections until it disconnects.
-    #[default]
-    Session,
-}
-
-/// Server connection pools, one per node and (user, database, startup parameters).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
-    /// Pool mode; only "session" so far.
-    #[serde(default)]
-    pub mode: PoolMode,
-    /// Most server connections per node and pool key.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// How long a client waits for a server connection before it gets SQLSTATE 53300.
-    #[serde(
-        default = "default_checkout_timeout",
-        with = "duration::serde_duration"
-    )]
-    pub checkout_timeout: Duration,
-    /// How long connecting and authenticating to a server may take.
-    #[serde(default = "default_connect_timeout", with = "duration::serde_duration")]
-    pub connect_timeout: Duration,
-}
-
-fn default_pool_size() -> usize {
-    20
-}
-fn default_checkout_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            mode: PoolMode::default(),
-            pool_size: default_pool_size(),
-            checkout_timeout: default_checkout_timeout(),
-            connect_timeout: default_connect_timeout(),
-        }
-    }
-}
-
-/// Lag and health monitoring.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MonitorConfig {
-    /// How often each node is measured.
-    #[serde(default = "default_interval", with = "duration::serde_duration")]
-    pub interval: Duration,
-    /// A replica further behind than this (in time) gets no reads.
-    #[serde(default = "default_max_lag", with = "duration::serde_duration")]
-    pub max_replica_lag: Duration,
-    /// A replica further behind than this many WAL bytes gets no reads.
-    #[serde(default = "default_max_lag_bytes")]
-    pub max_replica_lag_bytes: u64,
-    /// A replica shut out for lag gets reads again only once under this fraction
-    /// of both limits (hysteresis, so it does not flap at the limit).
-    #[serde(default = "default_readmit_fraction")]
-    pub readmit_fraction: f64,
-    /// What reads do when no replica qualifies: "primary" (run there) or "error"
-    /// (an ErrorResponse naming each replica's lag).
-    #[serde(default)]
-    pub no_replica: NoReplica,
-    /// How long a write waits for a primary during a failover before it fails
-    /// with SQLSTATE 57P03.
-    #[serde(
-        default = "default_failover_timeout",
-        with = "duration::serde_duration"
-    )]
-    pub failover_timeout: Duration,
-    /// Login the monitor uses; defaults to the first user's server login.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password for `monitor.user`.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Database the monitor connects to.
-    #[serde(default = "default_monitor_db")]
-    pub database: String,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_max_lag() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_lag_bytes() -> u64 {
-    16 * 1024 * 1024
-}
-fn default_readmit_fraction() -> f64 {
-    0.5
-}
-fn default_failover_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// What reads do when no replica is within the lag limits.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum NoReplica {
-    /// Read from the primary (slower, never stale).
-    #[default]
-    Primary,
-    /// Fail the read with a clear error.
-    Error,
-}
-
-fn default_monitor_db() -> String {
-    "postgres".to_owned()
-}
-
-impl Default for MonitorConfig {
-    fn default() -> Self {
-        Self {
-            interval: default_interval(),
-            max_replica_lag: default_max_lag(),
-            max_replica_lag_bytes: default_max_lag_bytes(),
-            readmit_fraction: default_readmit_fraction(),
-            no_replica: NoReplica::default(),
-            failover_timeout: default_failover_timeout(),
-            user: None,
-            password: None,
-            database: default_monitor_db(),
-        }
-    }
-}
-
-/// Protocol limits that protect the process from hostile or broken clients.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest message (bytes) accepted from a client or server; larger ones close the client with 08P01.
-    #[serde(default = "default_max_message")]
-    pub max_message_size: usize,
-    /// How long a client may take from connecting to finishing authentication.
-    #[serde(default = "default_startup_timeout", with = "duration::serde_duration")]
-    pub startup_timeout: Duration,
-}
-
-fn default_startup_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_max_message() -> usize {
-    64 * 1024 * 1024
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_message_size: default_max_message(),
-            startup_timeout: default_startup_timeout(),
-        }
-    }
-}
-
-/// Statement routing. The router cannot see what a user-defined function
-/// does: with the primary's catalog loaded, a call to a VOLATILE user function
-/// (or to a name the catalog does not know) sends the statement to the
-/// primary, STABLE and IMMUTABLE ones are fine on a replica. These lists
-/// override that per function. Entries are `"name"` (any schema, any case) or
-/// `"schema.name"` (exact; unquoted parts are lower-cased as in SQL, quote a
-/// part to keep its case: `"\"MySchema\".f"`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RoutingConfig {
-    /// Volatile functions that are nevertheless safe on a replica (they only
-    /// read, e.g. a function not marked STABLE by mistake).
-    #[serde(default)]
-    pub read_only_functions: Vec<String>,
-    /// Functions that must run on the primary even though marked STABLE or
-    /// IMMUTABLE (e.g. one that writes through dblink or a mislabelled one).
-    #[serde(default)]
-    pub primary_functions: Vec<String>,
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -463,6 +289,9 @@ impl Config {
                 ));
             }
         }
+        if self.worker_threads == Some(0) {
+            return Err(invalid("worker_threads", "must be at least 1"));
+        }
         if self.pool.pool_size == 0 {
             return Err(invalid("pool.pool_size", "must be at least 1"));
         }
@@ -498,6 +327,11 @@ impl Config {
     /// enough that a replica nobody can measure stops getting reads.
     pub fn measurement_stale_after(&self) -> Duration {
         (self.monitor.interval * 10).max(Duration::from_secs(1))
+    }
+
+    /// `worker_threads`, or the default when unset.
+    pub fn effective_worker_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(default_worker_threads)
     }
 
     /// The user entry for a client login name.
