@@ -13,6 +13,8 @@
 //! the same explicit dir to wipe it after a crash.
 
 mod bins;
+#[cfg(feature = "testcontainers")]
+mod containers;
 mod error;
 mod node;
 mod process;
@@ -23,6 +25,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use bins::find_bin_dir;
+#[cfg(feature = "testcontainers")]
+pub use containers::{ContainerCluster, start_in_containers};
 pub use error::ClusterError;
 
 use bins::Bins;
