@@ -25,6 +25,12 @@ fn config_text(cluster: &Cluster, port: u16, max_lag: &str) -> String {
     text
 }
 
+/// Sends a signal to the router process.
+fn signal(pid: &str, which: &str) {
+    let sent = Command::new("kill").args([which, pid]).status().unwrap();
+    assert!(sent.success(), "kill {which} {pid}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -124,25 +130,13 @@ async fn sighup_reloads_the_config_file_without_dropping_clients() {
     // An invalid file is rejected and the running config stays.
     std::fs::write(&path, "listen = 12\n").unwrap();
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-HUP");
     wait_for_line(&lines, "config reload rejected", Duration::from_secs(5));
     assert_ne!(read_port(&client).await, primary_port);
 
     // A valid file with a lower threshold takes effect for the same client.
     std::fs::write(&path, config_text(&cluster, port, "300ms")).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-HUP");
     wait_for_line(&lines, "config reloaded", Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -154,13 +148,7 @@ async fn sighup_reloads_the_config_file_without_dropping_clients() {
     writer.abort();
     cluster.resume_replay(0).await.unwrap();
     cluster.resume_replay(1).await.unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
