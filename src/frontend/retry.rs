@@ -1,9 +1,10 @@
 //! The safety net behind routing: a replica read whose answer has not started
-//! yet can be re-run on the primary, invisibly to the client.
+//! yet can be re-run elsewhere, invisibly to the client.
 //!
 //! Two cases: the replica refuses the statement because it writes (SQLSTATE 25006,
 //! or "recovery is in progress": the classifier was wrong, which is logged and
-//! counted), or the replica connection dies. Until the first result message
+//! counted; it re-runs on the primary), or the replica connection dies (it re-runs
+//! on another qualifying replica, or the primary when none is left). Until the first result message
 //! arrives, the messages that precede it (ParseComplete, BindComplete,
 //! RowDescription, ...) are held back, so a retry never shows the client anything twice.
 //! Only a batch with nothing else in flight behind it on that replica is retried,
@@ -12,7 +13,7 @@
 use bytes::BytesMut;
 
 use super::batch::Batch;
-use super::session::{PRIMARY, Session};
+use super::session::{PRIMARY, REPLICA, Session};
 use crate::protocol::fields::{error_fields, is_fatal};
 use crate::protocol::{Frame, backend_tag, sqlstate};
 
@@ -141,9 +142,11 @@ impl Session {
         }
         self.shared.stats.count_read_retry();
         tracing::info!(
-            "replica connection lost before the answer started; re-running the read on the primary"
+            "replica connection lost before the answer started; re-running the read elsewhere"
         );
-        self.ready.push_front((PRIMARY, guard.batch, true));
+        // Routed afresh: the dead node is already marked down, so this picks
+        // another qualifying replica, or the primary when none is left.
+        self.ready.push_front((REPLICA, guard.batch, true));
         true
     }
 }
