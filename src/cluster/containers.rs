@@ -24,7 +24,6 @@ use testcontainers::core::{ContainerPort, ImageExt, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage};
 
-use super::node::conninfo_value;
 use super::{ClusterError, ClusterSpec, NodeInfo, NodeRole};
 
 const IMAGE: &str = "postgres";
@@ -188,13 +187,7 @@ impl ContainerCluster {
 
     /// libpq-style connection string for `node`, database `postgres`.
     pub fn dsn(&self, node: &NodeInfo) -> String {
-        format!(
-            "host={} port={} user={} password={} dbname=postgres",
-            node.host,
-            node.port,
-            conninfo_value(&self.superuser),
-            conninfo_value(&self.password)
-        )
+        super::sql::node_dsn(node, &self.superuser, &self.password)
     }
 
     /// Remove the replicas, then the primary, reporting the first error (the

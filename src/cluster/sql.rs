@@ -17,16 +17,22 @@ const REPLAY_STATE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
+/// libpq-style connection string for `node`, database `postgres`; shared by the
+/// local-binaries cluster and the container one.
+pub(crate) fn node_dsn(node: &NodeInfo, user: &str, password: &str) -> String {
+    format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        node.host,
+        node.port,
+        conninfo_value(user),
+        conninfo_value(password)
+    )
+}
+
 impl Cluster {
     /// libpq-style connection string for `node`, database `postgres`.
     pub fn dsn(&self, node: &NodeInfo) -> String {
-        format!(
-            "host={} port={} user={} password={} dbname=postgres",
-            node.host,
-            node.port,
-            conninfo_value(&self.superuser),
-            conninfo_value(&self.password)
-        )
+        node_dsn(node, &self.superuser, &self.password)
     }
 
     /// Connect as the superuser; the connection task is spawned on the current runtime.
