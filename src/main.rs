@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use pgrouter::cluster::{Cluster, ClusterSpec};
-use pgrouter::config::Config;
+use pgrouter::config::{Config, ConsistencyMode};
+use pgrouter::consistency::verify::{self, Pattern, VerifyOptions};
 use pgrouter::{Router, RouterHandle};
 
 #[derive(Parser)]
@@ -47,6 +48,43 @@ enum Command {
         #[arg(long, default_value = "/tmp/pgrouter-demo")]
         dir: PathBuf,
     },
+    /// Check read-your-writes through a running router: concurrent sessions
+    /// write then read, and stale reads are counted (exit status 1 if any).
+    Verify {
+        /// The router's DSN, e.g. postgres://pgrouter:pgrouter@127.0.0.1:6432/postgres
+        #[arg(long)]
+        dsn: String,
+        /// Concurrent sessions.
+        #[arg(long, default_value_t = 8)]
+        sessions: usize,
+        /// How long to run.
+        #[arg(long, default_value = "10s", value_parser = pgrouter::config::parse_duration)]
+        duration: Duration,
+        /// Where reads run: same (the writing connection), token (another
+        /// connection, with the write's pgrouter.last_write_lsn) or key (another
+        /// connection, with a shared causal key).
+        #[arg(long, default_value = "same", value_parser = parse_pattern)]
+        pattern: Pattern,
+        /// SET pgrouter.consistency to this on every connection (none, pin, causal).
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<ConsistencyMode>,
+        /// Pause between each write and its read.
+        #[arg(long, default_value = "0ms", value_parser = pgrouter::config::parse_duration)]
+        gap: Duration,
+        /// A replica's own DSN (repeatable): its replay is paused for the middle
+        /// third of the run, to induce real lag.
+        #[arg(long)]
+        pause_replica: Vec<String>,
+    },
+}
+
+fn parse_pattern(name: &str) -> Result<Pattern, String> {
+    Pattern::from_name(name).ok_or_else(|| format!("{name:?}: expected same, token or key"))
+}
+
+fn parse_mode(name: &str) -> Result<ConsistencyMode, String> {
+    ConsistencyMode::from_name(name)
+        .ok_or_else(|| format!("{name:?}: expected none, pin or causal"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +99,31 @@ fn main() -> anyhow::Result<()> {
             };
             let config = Config::load(&path)?;
             runtime(config.effective_worker_threads())?.block_on(serve(config, Some(path)))
+        }
+        Command::Verify {
+            dsn,
+            sessions,
+            duration,
+            pattern,
+            mode,
+            gap,
+            pause_replica,
+        } => {
+            let options = VerifyOptions {
+                dsn,
+                sessions,
+                duration,
+                pattern,
+                mode,
+                gap,
+                pause_replicas: pause_replica,
+            };
+            let report = runtime(2)?.block_on(verify::verify(&options))?;
+            print!("{report}");
+            if report.stale > 0 {
+                bail!("{} stale reads", report.stale);
+            }
+            Ok(())
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub pools: Pools,
     pub topology: TopologyHandle,
     pub classifier: ClassifierCache,
+    /// Causal keys' last write positions, shared by every session.
+    pub keys: crate::consistency::CausalKeys,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: Stats,
     next_pid: AtomicI32,
@@ -246,6 +248,7 @@ impl Router {
             pools: Pools::default(),
             topology,
             classifier: ClassifierCache::new(10_000),
+            keys: crate::consistency::CausalKeys::default(),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             replica_turn: AtomicUsize::new(0),

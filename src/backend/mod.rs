@@ -276,17 +276,28 @@ impl ServerConn {
     /// Runs a simple query whose results nobody needs (reset, session replay) and
     /// waits for ReadyForQuery. Fails if the server reported an error.
     pub async fn run_quiet(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.query_value(sql).await.map(|_| ())
+    }
+
+    /// Runs a simple query and returns its first row's first column as text
+    /// (None for no row or NULL). Fails if the server reported an error.
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         to_server::query(&mut self.out, sql).map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await?;
         let mut failure = None;
+        let mut value = None;
         loop {
             let frame = self.read_frame().await?;
             match frame.tag {
+                backend_tag::DATA_ROW if value.is_none() => {
+                    value =
+                        crate::protocol::fields::first_column_text(frame.body()).map(str::to_owned);
+                }
                 backend_tag::ERROR_RESPONSE => failure = Some(self.server_error(frame)),
                 backend_tag::PARAMETER_STATUS => self.note_parameter(&frame),
                 backend_tag::READY_FOR_QUERY => {
                     self.tx_status = frame.body().first().copied().unwrap_or(tx_status::IDLE);
-                    return failure.map_or(Ok(()), Err);
+                    return failure.map_or(Ok(value), Err);
                 }
                 _ => {}
             }

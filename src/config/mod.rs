@@ -76,6 +76,9 @@ pub struct Config {
     /// Statement routing: how calls to user-defined functions are treated.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Read-your-writes: what a session's reads may see after its writes.
+    #[serde(default)]
+    pub consistency: ConsistencyConfig,
 }
 
 /// Half the cores, at least one (see `Config::worker_threads`).
@@ -297,6 +300,15 @@ impl Config {
         }
         if !(self.monitor.readmit_fraction > 0.0 && self.monitor.readmit_fraction <= 1.0) {
             return Err(invalid("monitor.readmit_fraction", "must be in (0, 1]"));
+        }
+        if self.consistency.max_keys == 0 {
+            return Err(invalid("consistency.max_keys", "must be at least 1"));
+        }
+        if self.consistency.causal_wait > Duration::from_secs(10) {
+            return Err(invalid(
+                "consistency.causal_wait",
+                "must be at most 10s (a read waits this long before it goes to the primary)",
+            ));
         }
         if self.monitor.interval < Duration::from_millis(10) {
             return Err(invalid("monitor.interval", "must be at least 10ms"));

@@ -192,3 +192,82 @@ pub struct RoutingConfig {
     #[serde(default)]
     pub primary_functions: Vec<String>,
 }
+
+/// Read-your-writes guarantee (see the `consistency` module and the README).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyMode {
+    /// Reads go to any replica within the lag limits, even right after a write.
+    None,
+    /// After a session writes, its reads go to the primary for `pin_duration`.
+    Pin,
+    /// After a session writes, its reads go only to nodes that have replayed the
+    /// write's commit (its WAL position): the primary, or a caught-up replica.
+    #[default]
+    Causal,
+}
+
+impl ConsistencyMode {
+    /// The name used in config files and `SET pgrouter.consistency`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsistencyMode::None => "none",
+            ConsistencyMode::Pin => "pin",
+            ConsistencyMode::Causal => "causal",
+        }
+    }
+
+    /// Parses a mode name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::None, Self::Pin, Self::Causal]
+            .into_iter()
+            .find(|mode| mode.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Read-your-writes settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyConfig {
+    /// "causal" (default), "pin" or "none"; a session may change it with
+    /// `SET pgrouter.consistency = '...'`.
+    #[serde(default)]
+    pub mode: ConsistencyMode,
+    /// In "pin" mode: how long after a write the session's reads stay on the primary.
+    #[serde(default = "default_pin_duration", with = "duration::serde_duration")]
+    pub pin_duration: Duration,
+    /// In "causal" mode: how long a read may wait for a replica to replay the
+    /// session's last write before it goes to the primary instead (0: never wait).
+    #[serde(default, with = "duration::serde_duration")]
+    pub causal_wait: Duration,
+    /// How long the router remembers a causal key's (`/* pgrouter: key=... */`) last write.
+    #[serde(default = "default_key_ttl", with = "duration::serde_duration")]
+    pub key_ttl: Duration,
+    /// Most causal keys remembered at once; past it the oldest are forgotten
+    /// (a forgotten key's reads lose their guarantee only if a replica is still
+    /// behind after `key_ttl`-old writes, so keep it generous).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_pin_duration() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_key_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_keys() -> usize {
+    100_000
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            mode: ConsistencyMode::default(),
+            pin_duration: default_pin_duration(),
+            causal_wait: Duration::ZERO,
+            key_ttl: default_key_ttl(),
+            max_keys: default_max_keys(),
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::session::{PRIMARY, REPLICA, Session, attach};
 use crate::backend::BackendError;
 use crate::config::NoReplica;
+use crate::consistency::{ReadNeed, Verdict};
 use crate::monitor::select::{self, Candidate};
 use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
 use crate::protocol::sqlstate;
@@ -50,38 +51,52 @@ impl Session {
         }
     }
 
-    /// The connection for a replica that may take reads now. `Ok(false)`: none
-    /// can, read from the primary; `Err`: none can and the config says to fail.
-    pub(super) async fn attach_replica(&mut self) -> Result<bool, AttachError> {
+    /// The connection for a replica that may serve a read with `need`.
+    /// `Ok(false)`: none can, read from the primary; `Err`: none is within the
+    /// lag limits and the config says to fail.
+    ///
+    /// In order: the attached replica if it serves (judged from the snapshot,
+    /// else asked for its replay position when the snapshot is older than the
+    /// session's floor); another replica that serves; a replica that is only
+    /// behind the floor, asked (and waited for up to `causal_wait`). A read
+    /// whose floor no replica reaches goes to the primary, never to an error.
+    pub(super) async fn attach_replica(&mut self, need: &ReadNeed) -> Result<bool, AttachError> {
         let config = self.shared.config.load_full();
-        // A measurement older than a few intervals counts as over the threshold.
         let stale_after = config.measurement_stale_after();
         let topology = self.shared.topology.load_full();
         if let Some(attached) = &self.servers[REPLICA] {
-            if topology.replica_eligible(attached.conn.conn.node, stale_after) {
+            if self.verdict(attached.conn.conn.node, need) == Some(Verdict::Serves) {
                 return Ok(true);
             }
         }
-        self.detach(REPLICA).await;
-        let candidates: Vec<Candidate> = topology
-            .eligible_replicas(stale_after)
-            .map(|node| Candidate {
+        let mut serving = Vec::new();
+        let mut behind = Vec::new();
+        for node in (0..topology.nodes.len()).filter(|&n| topology.replica_live(n, stale_after)) {
+            let candidate = Candidate {
                 node,
                 weight: config.nodes.get(node).map_or(1, |n| n.weight),
                 outstanding: self.shared.outstanding(node),
-            })
-            .collect();
-        let turn = self.shared.replica_turn.fetch_add(1, Ordering::Relaxed);
-        if let Some(node) =
-            select::choose(&candidates, config.balance.strategy, turn, rand::random())
-        {
-            match self.checkout(node).await {
-                Ok(conn) => {
-                    self.servers[REPLICA] = Some(attach(conn));
-                    return Ok(true);
-                }
-                Err(err) => tracing::warn!(%err, "replica connection failed"),
+            };
+            match self.verdict(node, need) {
+                Some(Verdict::Serves) => serving.push(candidate),
+                Some(Verdict::Behind { min_lsn }) => behind.push((candidate, min_lsn)),
+                _ => {}
             }
+        }
+        if self.attach_one_of(&serving).await {
+            return Ok(true);
+        }
+        if let Some(&(_, min_lsn)) = behind.first() {
+            let current = self.servers[REPLICA].as_ref().map(|a| a.conn.conn.node);
+            let attached_is_behind = behind.iter().any(|(c, _)| Some(c.node) == current);
+            let candidates: Vec<Candidate> = behind.into_iter().map(|(c, _)| c).collect();
+            if attached_is_behind || self.attach_one_of(&candidates).await {
+                return Ok(self.wait_for_replay(min_lsn).await);
+            }
+            return Ok(false);
+        }
+        if need.min_lsn.is_some() {
+            return Ok(false);
         }
         match config.monitor.no_replica {
             NoReplica::Primary => Ok(false),
@@ -89,11 +104,33 @@ impl Session {
                 code: sqlstate::CANNOT_CONNECT_NOW,
                 message: format!(
                     "pgrouter: no replica is within the lag limits (max_replica_lag {:?}, max_replica_lag_bytes {}) and no_replica = \"error\": {}",
-                    config.monitor.max_replica_lag,
+                    need.max_staleness.unwrap_or(config.monitor.max_replica_lag),
                     config.monitor.max_replica_lag_bytes,
                     topology.describe_replicas()
                 ),
             }),
+        }
+    }
+
+    /// Attaches one of `candidates` (chosen by the balance strategy) in place
+    /// of the current replica connection; false when none could be had.
+    async fn attach_one_of(&mut self, candidates: &[Candidate]) -> bool {
+        let config = self.shared.config.load_full();
+        let turn = self.shared.replica_turn.fetch_add(1, Ordering::Relaxed);
+        let Some(node) = select::choose(candidates, config.balance.strategy, turn, rand::random())
+        else {
+            return false;
+        };
+        self.detach(REPLICA).await;
+        match self.checkout(node).await {
+            Ok(conn) => {
+                self.servers[REPLICA] = Some(attach(conn));
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, "replica connection failed");
+                false
+            }
         }
     }
 

@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use super::SessionError;
 use super::session::{Flow, PRIMARY, REPLICA, Session};
+use crate::consistency::SettingError;
+use crate::consistency::settings::{is_show_last_write_lsn, parse_setting};
 use crate::protocol::fields::{
     bind_message, execute_message, parse_message, query_text, target_message,
 };
 use crate::protocol::{Frame, frontend_tag, target_kind, tx_status};
+use crate::router::hints::{FreshnessHints, freshness_hints};
 use crate::router::{Decision, Route, SessionEffect, TxEffect};
 
 /// A batch without Sync is sent once it holds this much, so a client that
@@ -23,6 +26,19 @@ pub(super) struct Statement {
     pub parse: Frame,
     pub hash: u64,
     pub decision: Decision,
+    /// Freshness hints in its text, applied to every execution.
+    pub freshness: FreshnessHints,
+}
+
+/// A batch pgrouter answers itself instead of sending it to a server.
+#[derive(Clone, Debug)]
+pub(super) enum LocalAnswer {
+    /// A `/* pgrouter: replica */` hint on a statement that writes.
+    RefusedHint,
+    /// A `SET pgrouter.*` with an unknown name or a bad value.
+    BadSetting(SettingError),
+    /// `SHOW pgrouter.last_write_lsn`.
+    ShowLastWriteLsn,
 }
 
 /// What a message needs from the connection it is sent to.
@@ -55,9 +71,13 @@ pub(super) struct Batch {
     /// The transaction it begins is READ ONLY from its first statement, so it
     /// may run wholly on one replica.
     pub read_only_tx: bool,
-    /// A `/* pgrouter: replica */` hint on a statement that writes: the batch is
-    /// answered with an error instead of being run anywhere.
-    pub refused: bool,
+    /// It ends a transaction (COMMIT, ROLLBACK, ...).
+    pub ends_tx: bool,
+    /// Answered by pgrouter itself, without running anywhere.
+    pub local: Option<LocalAnswer>,
+    /// Freshness hints of its statements (the highest floor, the first key,
+    /// the tightest staleness budget).
+    pub freshness: FreshnessHints,
     pub pins: bool,
     pub state: Option<Arc<str>>,
 }
@@ -73,18 +93,44 @@ impl Batch {
         if decision.route == Route::Primary {
             self.needs_primary = true;
         }
-        if let TxEffect::Begin { read_only } = decision.tx {
-            self.begins_tx = true;
-            self.read_only_tx = read_only;
+        match decision.tx {
+            TxEffect::Begin { read_only } => {
+                self.begins_tx = true;
+                self.read_only_tx = read_only;
+            }
+            TxEffect::End => self.ends_tx = true,
+            TxEffect::None => {}
         }
         if decision.hint_refused {
-            self.refused = true;
+            self.local = Some(LocalAnswer::RefusedHint);
         }
         match decision.session {
-            SessionEffect::SetsState => self.state = Some(Arc::from(text)),
+            SessionEffect::SetsState => {
+                if let Some(Err(err)) = parse_setting(text) {
+                    self.local = Some(LocalAnswer::BadSetting(err));
+                }
+                self.state = Some(Arc::from(text));
+            }
             SessionEffect::PinPrimary => self.pins = true,
             SessionEffect::None => {}
         }
+    }
+}
+
+impl Batch {
+    fn merge_freshness(&mut self, hints: &FreshnessHints) {
+        if hints.is_empty() {
+            return;
+        }
+        let ours = &mut self.freshness;
+        ours.after_lsn = ours.after_lsn.max(hints.after_lsn);
+        if ours.key.is_none() {
+            ours.key.clone_from(&hints.key);
+        }
+        ours.max_staleness = match (ours.max_staleness, hints.max_staleness) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -107,6 +153,11 @@ impl Session {
                 let decision = self.shared.classifier.classify(sql);
                 let mut batch = Batch::default();
                 batch.learn(&decision, sql);
+                batch.merge_freshness(&freshness_hints(sql));
+                // Short texts only: keeps the check off the path of real queries.
+                if sql.len() <= 64 && is_show_last_write_lsn(sql) {
+                    batch.local = Some(LocalAnswer::ShowLastWriteLsn);
+                }
                 batch.push(frame, Need::Nothing);
                 self.submit(batch, true).await;
             }
@@ -156,6 +207,8 @@ impl Session {
                 let (name, sql) = parse_message(frame.body()).map_err(bad)?;
                 let decision = self.shared.classifier.classify(sql);
                 self.batch.learn(&decision, sql);
+                let freshness = freshness_hints(sql);
+                self.batch.merge_freshness(&freshness);
                 let hash = hash_frame(&frame);
                 let name = name.to_owned();
                 let stale_ok = !self.statements.contains_key(&name);
@@ -163,6 +216,7 @@ impl Session {
                     parse: frame.clone(),
                     hash,
                     decision,
+                    freshness,
                 };
                 self.statements.insert(name.clone(), Arc::new(statement));
                 Need::Creates {
@@ -221,6 +275,7 @@ impl Session {
                     _ => "",
                 };
                 self.batch.learn(&statement.decision, text);
+                self.batch.merge_freshness(&statement.freshness);
                 Need::Statement(name.to_owned(), statement)
             }
             None => Need::Nothing,
@@ -257,10 +312,12 @@ impl Session {
         REPLICA
     }
 
-    /// Whether a batch must wait for answers still in flight. A refused batch is
-    /// answered by pgrouter itself, so it waits until nothing is in flight at all.
+    /// Whether a batch must wait for answers still in flight. A batch pgrouter
+    /// answers itself waits until nothing is in flight at all, and so does
+    /// everything after a read that must wait for its replica to go idle
+    /// before it can be judged again (see `dispatch`).
     pub(super) fn must_wait(&self, slot: usize, batch: &Batch) -> bool {
-        if batch.refused {
+        if batch.local.is_some() || self.wait_idle {
             self.active.is_some()
         } else {
             self.conflicts(slot)

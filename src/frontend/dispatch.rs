@@ -5,6 +5,7 @@
 use super::attach::AttachError;
 use super::batch::{Batch, Need};
 use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
+use crate::consistency::{self, ReadNeed};
 use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{backend_tag, frontend_tag, sqlstate, tx_status};
@@ -17,21 +18,31 @@ impl Session {
     /// Sends `batch` to `slot` (falling back to the primary when no replica can
     /// take it). On failure the client gets an ErrorResponse and the batch is dropped.
     pub(super) async fn dispatch(&mut self, slot: usize, batch: Batch, ends_sync: bool) {
-        if batch.refused {
-            build::error_response(
-                &mut self.out,
-                Severity::Error,
-                sqlstate::READ_ONLY_SQL_TRANSACTION,
-                "pgrouter: the /* pgrouter: replica */ hint was refused: this statement writes, and writes run only on the primary",
-            );
-            if ends_sync {
-                build::ready_for_query(&mut self.out, self.tx_status);
-            } else {
-                self.discard_until_sync = true;
-            }
+        if let Some(answer) = batch.local.clone() {
+            self.answer_locally(answer, ends_sync);
             return;
         }
-        let slot = match self.ensure_attached(slot).await {
+        let mut need = ReadNeed::default();
+        let mut slot = slot;
+        if slot == REPLICA && self.open != Some(REPLICA) {
+            need = self.read_need(&batch);
+            if need.primary == Some(consistency::UNCAPTURED) && self.capture_now().await {
+                need = self.read_need(&batch);
+            }
+            if need.primary.is_some() {
+                slot = PRIMARY;
+            }
+            // Reads pipelined behind a read still running on the replica may
+            // stay there only if it serves them too; otherwise they wait until
+            // it is idle and are judged again, so answers never reorder.
+            let busy_replica = self.active == Some(REPLICA);
+            if busy_replica && (slot == PRIMARY || !self.replica_serves(&need)) {
+                self.wait_idle = true;
+                self.ready.push_front((REPLICA, batch, ends_sync));
+                return;
+            }
+        }
+        let slot = match self.ensure_attached(slot, &need).await {
             Ok(slot) => slot,
             Err(err) => {
                 build::error_response(&mut self.out, Severity::Error, err.code, &err.message);
@@ -62,6 +73,14 @@ impl Session {
             );
             self.pinned = true;
         }
+        // Whether the session will be outside a transaction after this batch
+        // (autocommit, or it ends one): then a write's commit position is final.
+        let may_commit = batch.ends_tx
+            || (!batch.begins_tx && self.tx_status == tx_status::IDLE && !self.tx_pending);
+        let wrote = slot == PRIMARY && batch.needs_primary;
+        if wrote {
+            self.note_write(&batch);
+        }
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
@@ -73,15 +92,8 @@ impl Session {
                 frame.tag,
                 frontend_tag::SYNC | frontend_tag::QUERY | frontend_tag::FUNCTION_CALL
             ) {
-                attached.marks.push_back(Mark {
-                    internal: false,
-                    parse: attached.sent_parse,
-                    close: attached.sent_close,
-                    had_error: false,
-                    state: None,
-                    began_tx: false,
-                    extended: frame.tag == frontend_tag::SYNC,
-                });
+                let mark = Mark::client(attached, frame.tag == frontend_tag::SYNC);
+                attached.marks.push_back(mark);
                 last_mark = Some(attached.marks.len() - 1);
             }
         }
@@ -91,11 +103,15 @@ impl Session {
                 mark.began_tx = batch.begins_tx;
             }
         }
+        let node = attached.conn.conn.node;
+        if slot == PRIMARY && last_mark.is_some() && may_commit && self.wants_capture() {
+            self.send_capture();
+        }
         if batch.begins_tx {
             self.tx_pending = true;
             self.tx_slot = Some(slot);
         }
-        self.shared.stats.count_routed(attached.conn.conn.node);
+        self.shared.stats.count_routed(node);
         self.open = if ends_sync { None } else { Some(slot) };
         self.last_slot = slot;
         self.set_active(Some(slot));
@@ -103,9 +119,13 @@ impl Session {
 
     /// Makes sure a connection for `slot` is attached; a replica that cannot be
     /// had falls back to the primary. Returns the slot actually used.
-    async fn ensure_attached(&mut self, slot: usize) -> Result<usize, AttachError> {
+    async fn ensure_attached(
+        &mut self,
+        slot: usize,
+        need: &ReadNeed,
+    ) -> Result<usize, AttachError> {
         if slot == REPLICA && self.open != Some(REPLICA) {
-            if self.attach_replica().await? {
+            if self.attach_replica(need).await? {
                 return Ok(REPLICA);
             }
         } else if slot == REPLICA && self.servers[REPLICA].is_some() {
@@ -142,20 +162,16 @@ impl Session {
             tracing::warn!(%err, "session state could not be replayed");
             return;
         }
-        attached.marks.push_back(Mark {
-            internal: true,
-            parse: attached.sent_parse,
-            close: attached.sent_close,
-            had_error: false,
-            state: None,
-            began_tx: false,
-            extended: false,
-        });
+        let mark = Mark::internal(attached, false);
+        attached.marks.push_back(mark);
         attached.applied = log_len;
     }
 
     /// Remembers a session-state statement that completed on `slot`.
     pub(super) fn remember_state(&mut self, slot: usize, sql: std::sync::Arc<str>) {
+        if let Some(Ok(setting)) = consistency::parse_setting(&sql) {
+            self.freshness.apply(&setting);
+        }
         if self.session_log.len() >= MAX_SESSION_LOG {
             if !self.pinned {
                 tracing::info!(

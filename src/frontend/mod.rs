@@ -9,6 +9,7 @@ mod attach;
 mod auth;
 mod batch;
 mod dispatch;
+mod freshness;
 mod retry;
 mod server_msgs;
 mod session;

@@ -124,7 +124,11 @@ impl Session {
             return;
         };
         if guard.refused {
-            self.ready.push_front((PRIMARY, guard.batch, true));
+            // The replica said it writes: on the primary it counts as a write
+            // (its commit position is learnt like any other's).
+            let mut batch = guard.batch;
+            batch.needs_primary = true;
+            self.ready.push_front((PRIMARY, batch, true));
         } else {
             self.out.extend_from_slice(&guard.held);
         }

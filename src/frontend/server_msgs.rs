@@ -4,8 +4,9 @@
 
 use super::session::{PRIMARY, Session};
 use crate::backend::BackendError;
+use crate::monitor::parse_lsn;
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::error_fields;
+use crate::protocol::fields::{error_fields, first_column_text};
 use crate::protocol::{Frame, backend_tag, sqlstate, tx_status};
 
 impl Session {
@@ -65,6 +66,11 @@ impl Session {
                 }
             }
             backend_tag::READY_FOR_QUERY => return self.on_ready(slot, frame),
+            backend_tag::DATA_ROW => {
+                if let Some(mark) = attached.current_mark().filter(|m| m.captures) {
+                    mark.captured = first_column_text(frame.body()).and_then(parse_lsn);
+                }
+            }
             backend_tag::COPY_IN_RESPONSE => {
                 // The Sync that closed this extended batch reached the server in
                 // copy-in mode, where it is ignored: its mark completes with the
@@ -141,10 +147,18 @@ impl Session {
                 self.tx_slot = None;
             }
             self.retry_after_ready(slot, false);
-            self.out.extend_from_slice(&frame.raw);
-            if let Some(sql) = mark.state.filter(|_| !mark.had_error) {
+            let state = mark.state.clone().filter(|_| !mark.had_error);
+            if slot == PRIMARY {
+                self.on_write_ready(&mark, status, frame);
+            } else {
+                self.out.extend_from_slice(&frame.raw);
+            }
+            if let Some(sql) = state {
                 self.remember_state(slot, sql);
             }
+        }
+        if mark.captures {
+            self.finish_capture(mark.captured.filter(|_| !mark.had_error));
         }
         if mark.internal {
             self.retry_after_ready(slot, true);
@@ -172,6 +186,13 @@ impl Session {
             waiting
         };
         tracing::warn!(%err, waiting, "server connection lost");
+        if slot == PRIMARY {
+            // A write's ReadyForQuery held for its commit position: the write is
+            // done, the position unknown (reads need the primary until it is).
+            if let Some(ready) = self.held_ready.take() {
+                self.out.extend_from_slice(&ready.raw);
+            }
+        }
         let message = format!("pgrouter lost the server connection: {err}");
         for _ in 0..waiting {
             build::error_response(

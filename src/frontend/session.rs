@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::SessionError;
 use super::batch::{Batch, Statement};
 use crate::backend::{BackendError, CancelTarget, Login};
+use crate::consistency::SessionFreshness;
 use crate::pool::{PoolError, PooledConn};
 use crate::protocol::build::{self, Severity};
-use crate::protocol::{FramedReader, sqlstate, tx_status};
+use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
 
 /// Index of the primary connection in `Session::servers`.
@@ -40,6 +41,38 @@ pub(super) struct Mark {
     pub began_tx: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
+    /// The commit-position query follows: hold this ReadyForQuery until it answers.
+    pub holds_ready: bool,
+    /// pgrouter's own commit-position query (internal), and what it returned.
+    pub captures: bool,
+    pub captured: Option<u64>,
+}
+
+impl Mark {
+    /// The mark of a client's batch (its answers are relayed).
+    pub fn client(attached: &Attached, extended: bool) -> Mark {
+        Mark {
+            internal: false,
+            parse: attached.sent_parse,
+            close: attached.sent_close,
+            had_error: false,
+            state: None,
+            began_tx: false,
+            extended,
+            holds_ready: false,
+            captures: false,
+            captured: None,
+        }
+    }
+
+    /// The mark of a query pgrouter sent itself (its answers are swallowed).
+    pub fn internal(attached: &Attached, captures: bool) -> Mark {
+        Mark {
+            internal: true,
+            captures,
+            ..Mark::client(attached, false)
+        }
+    }
 }
 
 /// A server connection attached to the session, with relay bookkeeping.
@@ -121,6 +154,19 @@ pub(crate) struct Session {
     /// to Sync, as a server would.
     pub(super) discard_until_sync: bool,
     pub(super) last_slot: usize,
+    /// Read-your-writes state: mode, settings and the last write's position.
+    pub(super) freshness: SessionFreshness,
+    /// Causal keys of writes whose commit position is not known yet.
+    pub(super) pending_keys: Vec<Box<str>>,
+    /// The client's ReadyForQuery after a write, held until the commit position
+    /// is known, so the client never acts on a write the router cannot place yet.
+    pub(super) held_ready: Option<Frame>,
+    /// Replay positions this session read from replicas itself (node, LSN):
+    /// newer than the snapshot's when the monitor has not polled since.
+    pub(super) seen_replay: Vec<(usize, u64)>,
+    /// A read could not be judged while its replica was busy: nothing is
+    /// dispatched until every answer is in (see `must_wait`).
+    pub(super) wait_idle: bool,
     cancel_slot: CancelSlot,
     cancel_key: (i32, i32),
     shutdown: watch::Receiver<bool>,
@@ -165,6 +211,11 @@ impl Session {
             pinned: false,
             discard_until_sync: false,
             last_slot: PRIMARY,
+            freshness: SessionFreshness::default(),
+            pending_keys: Vec::new(),
+            held_ready: None,
+            seen_replay: Vec::new(),
+            wait_idle: false,
             cancel_slot,
             cancel_key,
             shutdown,
@@ -323,6 +374,9 @@ impl Session {
 
     /// Marks `slot` as running client work, for ordering and cancel requests.
     pub(super) fn set_active(&mut self, slot: Option<usize>) {
+        if slot.is_none() {
+            self.wait_idle = false;
+        }
         if self.active == slot {
             return;
         }

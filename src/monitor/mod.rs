@@ -113,12 +113,17 @@ impl Topology {
     /// Whether `node` may take reads now: up, measured recently as a replica within
     /// its lag limits. Unmeasured replicas get no reads.
     pub fn replica_eligible(&self, node: usize, stale_after: Duration) -> bool {
+        self.replica_live(node, stale_after) && self.nodes.get(node).is_some_and(|s| s.admitted)
+    }
+
+    /// Whether `node` is a replica that is up and measured recently, whatever
+    /// its lag (a read with its own staleness budget judges the lag itself).
+    pub fn replica_live(&self, node: usize, stale_after: Duration) -> bool {
         let Some(state) = self.nodes.get(node) else {
             return false;
         };
         node != self.primary
             && state.up
-            && state.admitted
             && state.in_recovery == Some(true)
             && state
                 .measured_at

@@ -4,7 +4,10 @@
 
 use bytes::BytesMut;
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -115,6 +118,35 @@ pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
         PgWireBackendMessage::Authentication(Authentication::SASLFinal(
             bytes::Bytes::copy_from_slice(data),
         )),
+        buf,
+    );
+}
+
+/// PostgreSQL's OID for `text`.
+const TEXT_OID: u32 = 25;
+
+/// The answer to a `SHOW` pgrouter answers itself: one text column, one row
+/// (NULL when `value` is None) and CommandComplete "SHOW"; ReadyForQuery is
+/// the caller's.
+pub fn show_result(buf: &mut BytesMut, name: &str, value: Option<&str>) {
+    let field = FieldDescription::new(name.to_owned(), 0, 0, TEXT_OID, -1, -1, 0);
+    encode(
+        PgWireBackendMessage::RowDescription(RowDescription::new(vec![field])),
+        buf,
+    );
+    let mut data = BytesMut::new();
+    match value {
+        Some(text) => {
+            // Small by construction (an LSN), so the length always fits.
+            let len = i32::try_from(text.len()).unwrap_or(i32::MAX);
+            data.extend_from_slice(&len.to_be_bytes());
+            data.extend_from_slice(text.as_bytes());
+        }
+        None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+    encode(PgWireBackendMessage::DataRow(DataRow::new(data, 1)), buf);
+    encode(
+        PgWireBackendMessage::CommandComplete(CommandComplete::new("SHOW".to_owned())),
         buf,
     );
 }

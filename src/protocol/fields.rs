@@ -126,6 +126,16 @@ pub fn execute_message(body: &[u8]) -> Result<&str, FieldError> {
 }
 
 /// ParameterStatus: name and value.
+/// The first column of a DataRow as text (None for NULL or a malformed row).
+pub fn first_column_text(body: &[u8]) -> Option<&str> {
+    let mut reader = Fields::new(body, "DataRow");
+    if reader.i16().ok()? < 1 {
+        return None;
+    }
+    let len = usize::try_from(reader.i32().ok()?).ok()?;
+    std::str::from_utf8(reader.take(len).ok()?).ok()
+}
+
 pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), FieldError> {
     let mut f = Fields::new(body, "ParameterStatus");
     Ok((f.cstr()?, f.cstr()?))

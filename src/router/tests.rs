@@ -367,3 +367,30 @@ fn deep_nesting_does_not_overflow() {
         .unwrap();
     handle.join().unwrap();
 }
+
+#[test]
+fn freshness_hints_are_read_from_leading_comments() {
+    use super::hints::{FreshnessHints, freshness_hints};
+    use std::time::Duration;
+    assert_eq!(freshness_hints("SELECT 1"), FreshnessHints::default());
+    let h = freshness_hints("/* pgrouter: after_lsn=0/3000060 */ SELECT 1");
+    assert_eq!(h.after_lsn, Some(0x300_0060));
+    let h = freshness_hints("/* pgrouter: replica, key=user:42 max_staleness=500ms */ SELECT 1");
+    assert_eq!(h.key.as_deref(), Some("user:42"));
+    assert_eq!(h.max_staleness, Some(Duration::from_millis(500)));
+    assert_eq!(
+        hint_of("/* pgrouter: key=a replica */ SELECT 1"),
+        Some(Hint::Replica)
+    );
+    let h = freshness_hints("-- pgrouter: max_staleness=0\nSELECT 1");
+    assert_eq!(h.max_staleness, Some(Duration::ZERO));
+    // The first comment carrying an item wins; malformed values are ignored.
+    let h = freshness_hints("/* pgrouter: key=a */ /* pgrouter: key=b after_lsn=zz */ SELECT 1");
+    assert_eq!(h.key.as_deref(), Some("a"));
+    assert_eq!(h.after_lsn, None);
+    // Not in a leading comment, or not addressed to pgrouter: no hint.
+    assert!(freshness_hints("SELECT /* pgrouter: key=a */ 1").is_empty());
+    assert!(freshness_hints("/* app: key=a */ SELECT 1").is_empty());
+    let long = format!("/* pgrouter: key={} */ SELECT 1", "k".repeat(300));
+    assert!(freshness_hints(&long).key.is_none());
+}
