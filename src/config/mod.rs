@@ -408,6 +408,15 @@ impl Config {
             "limits: max_message_size={}\n",
             self.limits.max_message_size
         ));
+        let c = &self.consistency;
+        out.push_str(&format!(
+            "consistency: mode={} pin_duration={:?} causal_wait={:?} key_ttl={:?} max_keys={}\n",
+            c.mode.name(),
+            c.pin_duration,
+            c.causal_wait,
+            c.key_ttl,
+            c.max_keys
+        ));
         out
     }
 }

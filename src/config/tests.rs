@@ -106,3 +106,19 @@ fn routing_function_lists() {
     let err = Config::from_toml(&typo, "test").unwrap_err().to_string();
     assert!(err.contains("read_only_function"), "{err}");
 }
+
+#[test]
+fn consistency_section() {
+    let config = Config::from_toml(MINIMAL, "test").unwrap();
+    assert_eq!(config.consistency.mode, ConsistencyMode::Causal);
+    assert_eq!(config.consistency.pin_duration, Duration::from_secs(2));
+    assert_eq!(config.consistency.causal_wait, Duration::ZERO);
+    let text = format!("{MINIMAL}\n[consistency]\nmode = \"pin\"\ncausal_wait = \"50ms\"\n");
+    let config = Config::from_toml(&text, "test").unwrap();
+    assert_eq!(config.consistency.mode, ConsistencyMode::Pin);
+    assert_eq!(config.consistency.causal_wait, Duration::from_millis(50));
+    for bad in ["mode = \"eventual\"", "causal_wait = \"1m\"", "max_keys = 0", "pin = \"1s\""] {
+        let text = format!("{MINIMAL}\n[consistency]\n{bad}\n");
+        assert!(Config::from_toml(&text, "test").is_err(), "{bad}");
+    }
+}

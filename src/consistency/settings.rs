@@ -79,6 +79,29 @@ pub fn parse_setting(sql: &str) -> Option<Result<Setting, SettingError>> {
     Some(setting(name, value))
 }
 
+/// The pgrouter settings in a startup packet's `options` (libpq's `options`
+/// connection parameter or `PGOPTIONS`): `-c pgrouter.name=value` or
+/// `--pgrouter.name=value`, as PostgreSQL reads them. Other options are left to
+/// the server (which also keeps the pgrouter ones as placeholders).
+pub fn from_startup_options(options: &str) -> Result<Vec<Setting>, SettingError> {
+    let mut settings = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let assignment = if word == "-c" {
+            words.next()
+        } else {
+            word.strip_prefix("--").or_else(|| word.strip_prefix("-c"))
+        };
+        let Some((name, value)) = assignment.and_then(|a| a.split_once('=')) else {
+            continue;
+        };
+        if let Some(name) = strip_prefix_ci(name, PREFIX) {
+            settings.push(setting(&name.replace('-', "_"), Some(value))?);
+        }
+    }
+    Ok(settings)
+}
+
 /// Whether the text is `SHOW pgrouter.last_write_lsn`.
 pub fn is_show_last_write_lsn(sql: &str) -> bool {
     let text = statement_text(sql);
@@ -217,6 +240,23 @@ mod tests {
         ] {
             assert_eq!(parse_setting(sql), None, "{sql}");
         }
+    }
+
+    #[test]
+    fn reads_startup_options() {
+        assert_eq!(
+            from_startup_options("-c pgrouter.consistency=none --search_path=x"),
+            Ok(vec![Setting::Consistency(Some(ConsistencyMode::None))])
+        );
+        assert_eq!(
+            from_startup_options("--pgrouter.max-staleness=2s -cpgrouter.consistency=pin"),
+            Ok(vec![
+                Setting::MaxStaleness(Some(Duration::from_secs(2))),
+                Setting::Consistency(Some(ConsistencyMode::Pin))
+            ])
+        );
+        assert!(from_startup_options("-c pgrouter.consistency=eventual").is_err());
+        assert_eq!(from_startup_options("-c work_mem=64MB"), Ok(vec![]));
     }
 
     #[test]

@@ -24,6 +24,10 @@ use crate::protocol::{Frame, sqlstate, tx_status};
 /// The commit-position query. The insert position, not the write position:
 /// with asynchronous commit the commit record may not be written yet.
 const CAPTURE_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
+/// The server-side name of the prepared capture statement (client statement
+/// names never collide with it: pgrouter renames those in transaction mode,
+/// and a session-mode client would have to pick this very name).
+const CAPTURE_STATEMENT: &str = "pgrouter:commit_lsn";
 /// A replica's own replay position, when the snapshot is older than the write.
 const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()";
 /// How long pgrouter waits for its own small queries before giving up on the
@@ -168,7 +172,17 @@ impl Session {
         let Some(attached) = self.servers[PRIMARY].as_mut() else {
             return;
         };
-        if to_server::query(attached.conn.conn.out(), CAPTURE_SQL).is_err() {
+        // Prepared once per server connection: each capture is then a Bind and
+        // Execute, with no parse or plan on the server.
+        let conn = &mut attached.conn.conn;
+        if !conn.prepared.contains_key(CAPTURE_STATEMENT) {
+            if to_server::parse(conn.out(), CAPTURE_STATEMENT, CAPTURE_SQL).is_err() {
+                return;
+            }
+            conn.prepared.insert(CAPTURE_STATEMENT.to_owned(), 0);
+            attached.sent_parse += 1;
+        }
+        if to_server::execute_prepared(attached.conn.conn.out(), CAPTURE_STATEMENT).is_err() {
             return;
         }
         if let Some(last) = attached.marks.back_mut() {
@@ -196,6 +210,12 @@ impl Session {
     /// position for the session and its keys, tells the client, and releases
     /// the held ReadyForQuery.
     pub(super) fn finish_capture(&mut self, lsn: Option<u64>) {
+        if lsn.is_none() {
+            // Prepare it again next time, in case the failure was the Parse.
+            if let Some(attached) = self.servers[PRIMARY].as_mut() {
+                attached.conn.conn.prepared.remove(CAPTURE_STATEMENT);
+            }
+        }
         // Without a held ReadyForQuery the batch left its transaction open, so
         // the position is not a commit's: ignore it.
         let Some(ready) = self.held_ready.take() else {

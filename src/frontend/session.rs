@@ -226,6 +226,16 @@ impl Session {
     }
 
     async fn greet_and_run(&mut self) -> Result<(), SessionError> {
+        if let Err(err) = self.apply_startup_options() {
+            build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                err.sqlstate(),
+                &format!("pgrouter: {err}"),
+            );
+            let _ = self.flush_client().await;
+            return Ok(());
+        }
         if let Err(err) = self.attach_primary().await {
             self.refuse(&err);
             let _ = self.flush_client().await;
@@ -240,6 +250,17 @@ impl Session {
         build::ready_for_query(&mut self.out, tx_status::IDLE);
         self.flush_client().await?;
         self.run().await
+    }
+
+    /// Applies `-c pgrouter.*=...` from the startup packet's `options`.
+    fn apply_startup_options(&mut self) -> Result<(), crate::consistency::SettingError> {
+        let options = self.login.params.iter().filter(|(name, _)| name == "options");
+        for (_, value) in options {
+            for setting in crate::consistency::settings::from_startup_options(value)? {
+                self.freshness.apply(&setting);
+            }
+        }
+        Ok(())
     }
 
     /// Tells the client why it could not be served: the server's own error when

@@ -194,6 +194,33 @@ pub mod to_server {
         frontend::close(super::super::target_kind::STATEMENT, name, buf)
     }
 
+    /// Runs an already prepared statement without parameters, text results:
+    /// Bind (unnamed portal) + Execute + Sync.
+    pub fn execute_prepared(buf: &mut BytesMut, statement: &str) -> std::io::Result<()> {
+        let no_params: [Option<&[u8]>; 0] = [];
+        frontend::bind(
+            "",
+            statement,
+            [],
+            no_params,
+            |_, _| Ok(postgres_protocol::IsNull::No),
+            [],
+            buf,
+        )
+        .map_err(|err| match err {
+            frontend::BindError::Serialization(io) => io,
+            frontend::BindError::Conversion(other) => std::io::Error::other(other),
+        })?;
+        frontend::execute("", 0, buf)?;
+        frontend::sync(buf);
+        Ok(())
+    }
+
+    /// Parse of a named statement without declared parameter types.
+    pub fn parse(buf: &mut BytesMut, name: &str, sql: &str) -> std::io::Result<()> {
+        frontend::parse(name, sql, [], buf)
+    }
+
     pub fn terminate(buf: &mut BytesMut) {
         frontend::terminate(buf)
     }
