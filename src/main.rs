@@ -89,6 +89,7 @@ fn parse_mode(name: &str) -> Result<ConsistencyMode, String> {
 
 fn main() -> anyhow::Result<()> {
     init_logging();
+    raise_fd_limit();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -321,6 +322,38 @@ async fn status_lines(handle: RouterHandle) {
                 .clients
                 .load(std::sync::atomic::Ordering::Relaxed),
             parts.join(" | ")
+        );
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every client and
+/// server connection is a file descriptor, and the usual soft limit (1024)
+/// would cap pgrouter far below the thousands of clients it is meant to hold.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by
+    // pointer, which lives on this stack frame for the whole call.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if read != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    if raised == 0 {
+        tracing::info!(
+            before,
+            after = limit.rlim_max,
+            "raised the open-files limit"
+        );
+    } else {
+        tracing::warn!(
+            before,
+            "could not raise the open-files limit; clients beyond it will be refused"
         );
     }
 }

@@ -302,6 +302,8 @@ impl Router {
             shared.shutdown.clone(),
         );
 
+        let maintenance = tokio::spawn(maintain_pools(shared.clone()));
+
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
@@ -327,9 +329,29 @@ impl Router {
         drop(listener);
         let _ = self.shutdown_tx.send(true);
         let _ = monitor.await;
+        let _ = maintenance.await;
         shared.pools.clear_idle();
         tracing::info!("router stopped");
         result
+    }
+}
+
+/// The "pool-maintenance" task: once a second, closes idle server connections
+/// past their limits and opens `min_idle` ones; stops with the router.
+async fn maintain_pools(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let settings = crate::pool::PoolSettings::from_config(&shared.config.load());
+        tokio::select! {
+            _ = shared.pools.maintain(&settings) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
     }
 }
 

@@ -2,54 +2,12 @@
 //! applies a valid one without dropping clients, and keeps the old one when the
 //! new one is invalid.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::process::*;
 use pgrouter::cluster::{Cluster, ClusterSpec};
-
-fn config_text(cluster: &Cluster, port: u16, max_lag: &str) -> String {
-    let mut text = format!(
-        "listen = \"127.0.0.1:{port}\"\n[monitor]\nmax_replica_lag = \"{max_lag}\"\n\n[[users]]\nname = \"{}\"\npassword = \"{}\"\n",
-        cluster.superuser(),
-        cluster.password()
-    );
-    for (i, node) in cluster.nodes().iter().enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        text.push_str(&format!(
-            "\n[[nodes]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\nrole = \"{role}\"\n",
-            node.name, node.host, node.port
-        ));
-    }
-    text
-}
-
-/// Sends a signal to the router process.
-fn signal(pid: &str, which: &str) {
-    let sent = Command::new("kill").args([which, pid]).status().unwrap();
-    assert!(sent.success(), "kill {which} {pid}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    panic!("no log line containing {needle:?} within {within:?}")
-}
 
 async fn read_port(client: &tokio_postgres::Client) -> u16 {
     client
@@ -63,32 +21,15 @@ async fn read_port(client: &tokio_postgres::Client) -> u16 {
 async fn sighup_reloads_the_config_file_without_dropping_clients() {
     let cluster = Cluster::start(ClusterSpec::default()).await.unwrap();
     let port = free_port();
-    let dir = tempdir();
+    let dir = tempdir("reload");
     let path = dir.join("pgrouter.toml");
-    std::fs::write(&path, config_text(&cluster, port, "30s")).unwrap();
+    std::fs::write(
+        &path,
+        config_text(&cluster, port, "", "[monitor]\nmax_replica_lag = \"30s\"\n"),
+    )
+    .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgrouter"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    wait_for_line(&lines, "accepting connections", Duration::from_secs(20));
+    let (mut child, lines) = spawn_router(&path);
     let dsn = format!(
         "host=127.0.0.1 port={port} user={} password={} dbname=postgres",
         cluster.superuser(),
@@ -135,7 +76,16 @@ async fn sighup_reloads_the_config_file_without_dropping_clients() {
     assert_ne!(read_port(&client).await, primary_port);
 
     // A valid file with a lower threshold takes effect for the same client.
-    std::fs::write(&path, config_text(&cluster, port, "300ms")).unwrap();
+    std::fs::write(
+        &path,
+        config_text(
+            &cluster,
+            port,
+            "",
+            "[monitor]\nmax_replica_lag = \"300ms\"\n",
+        ),
+    )
+    .unwrap();
     signal(&pid, "-HUP");
     wait_for_line(&lines, "config reloaded", Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -153,14 +103,4 @@ async fn sighup_reloads_the_config_file_without_dropping_clients() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
     cluster.shutdown().await.unwrap();
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pgrouter-reload-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -94,6 +94,9 @@ pub struct ServerConn {
     /// Named prepared statements that exist on this connection: name → hash of
     /// the Parse message that created them.
     pub prepared: HashMap<String, u64>,
+    /// Which client session state (SETs) is applied here: a hash of the
+    /// session's statement log, 0 when none (as after connect or DISCARD ALL).
+    pub session_state: u64,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -144,7 +147,11 @@ impl ServerConn {
             addr,
             host: host.to_owned(),
             port,
-            reader: FramedReader::new(read, max_message),
+            reader: FramedReader::new(
+                read,
+                max_message,
+                crate::protocol::framer::SERVER_IDLE_BUFFER,
+            ),
             writer: write,
             out: BytesMut::with_capacity(4096),
             pid: 0,
@@ -152,6 +159,7 @@ impl ServerConn {
             params: Vec::new(),
             tx_status: tx_status::IDLE,
             prepared: HashMap::new(),
+            session_state: 0,
             created: now,
             last_used: now,
         };
@@ -304,6 +312,12 @@ impl ServerConn {
         }
     }
 
+    /// Whether it is between transactions with nothing unread: fit to be kept
+    /// in a pool as is (transaction pooling).
+    pub fn is_clean(&self) -> bool {
+        self.tx_status == tx_status::IDLE && self.reader.buffered() == 0 && self.out.is_empty()
+    }
+
     /// Makes the connection fit for another client: `DISCARD ALL` drops session
     /// state and prepared statements. Refuses a connection left inside a transaction.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
@@ -312,6 +326,7 @@ impl ServerConn {
         }
         self.run_quiet("DISCARD ALL").await?;
         self.prepared.clear();
+        self.session_state = 0;
         Ok(())
     }
 

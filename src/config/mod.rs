@@ -120,6 +120,9 @@ pub struct UserConfig {
     /// The password pgrouter uses with the servers; defaults to `password`.
     #[serde(default)]
     pub server_password: Option<String>,
+    /// Pool mode for this user's sessions; defaults to `pool.mode`.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
 }
 
 impl UserConfig {
@@ -297,6 +300,9 @@ impl Config {
         }
         if self.pool.pool_size == 0 {
             return Err(invalid("pool.pool_size", "must be at least 1"));
+        }
+        if self.pool.min_idle > self.pool.pool_size {
+            return Err(invalid("pool.min_idle", "must not exceed pool.pool_size"));
         }
         if !(self.monitor.readmit_fraction > 0.0 && self.monitor.readmit_fraction <= 1.0) {
             return Err(invalid("monitor.readmit_fraction", "must be in (0, 1]"));

@@ -12,15 +12,18 @@ use super::duration;
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A client keeps its server connections until it disconnects.
-    #[default]
     Session,
+    /// A client holds server connections only while a transaction (or an
+    /// autocommit statement) runs; at ReadyForQuery idle they go back to the pool.
+    #[default]
+    Transaction,
 }
 
 /// Server connection pools, one per node and (user, database, startup parameters).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Pool mode; only "session" so far.
+    /// "transaction" (default) or "session"; per user with `[[users]] pool_mode`.
     #[serde(default)]
     pub mode: PoolMode,
     /// Most server connections per node and pool key.
@@ -35,6 +38,32 @@ pub struct PoolConfig {
     /// How long connecting and authenticating to a server may take.
     #[serde(default = "default_connect_timeout", with = "duration::serde_duration")]
     pub connect_timeout: Duration,
+    /// Idle server connections kept open per pool even when unused (opened ahead of need).
+    #[serde(default)]
+    pub min_idle: usize,
+    /// An idle server connection unused for this long is closed (down to `min_idle`).
+    #[serde(default = "default_idle_timeout", with = "duration::serde_duration")]
+    pub idle_timeout: Duration,
+    /// A server connection is closed once this old, when it is next idle.
+    #[serde(default = "default_max_lifetime", with = "duration::serde_duration")]
+    pub max_lifetime: Duration,
+    /// A connection idle for longer than this is checked (an empty query)
+    /// before it is handed to a client.
+    #[serde(
+        default = "default_health_check_after",
+        with = "duration::serde_duration"
+    )]
+    pub health_check_after: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_health_check_after() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_pool_size() -> usize {
@@ -54,6 +83,10 @@ impl Default for PoolConfig {
             pool_size: default_pool_size(),
             checkout_timeout: default_checkout_timeout(),
             connect_timeout: default_connect_timeout(),
+            min_idle: 0,
+            idle_timeout: default_idle_timeout(),
+            max_lifetime: default_max_lifetime(),
+            health_check_after: default_health_check_after(),
         }
     }
 }

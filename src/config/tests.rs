@@ -117,7 +117,12 @@ fn consistency_section() {
     let config = Config::from_toml(&text, "test").unwrap();
     assert_eq!(config.consistency.mode, ConsistencyMode::Pin);
     assert_eq!(config.consistency.causal_wait, Duration::from_millis(50));
-    for bad in ["mode = \"eventual\"", "causal_wait = \"1m\"", "max_keys = 0", "pin = \"1s\""] {
+    for bad in [
+        "mode = \"eventual\"",
+        "causal_wait = \"1m\"",
+        "max_keys = 0",
+        "pin = \"1s\"",
+    ] {
         let text = format!("{MINIMAL}\n[consistency]\n{bad}\n");
         assert!(Config::from_toml(&text, "test").is_err(), "{bad}");
     }

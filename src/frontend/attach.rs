@@ -158,12 +158,7 @@ impl Session {
             database: self.login.database.clone(),
             params: self.login.params.clone(),
         };
-        let settings = PoolSettings {
-            pool_size: config.pool.pool_size,
-            checkout_timeout: config.pool.checkout_timeout,
-            connect_timeout: config.pool.connect_timeout,
-            max_message: config.limits.max_message_size,
-        };
+        let settings = PoolSettings::from_config(&config);
         let result = self
             .shared
             .pools

@@ -10,7 +10,8 @@ use super::session::{Flow, PRIMARY, REPLICA, Session};
 use crate::consistency::SettingError;
 use crate::consistency::settings::{is_show_last_write_lsn, parse_setting};
 use crate::protocol::fields::{
-    bind_message, execute_message, parse_message, query_text, target_message,
+    bind_message, execute_message, parse_content, parse_message, query_text, target_message,
+    with_statement_name,
 };
 use crate::protocol::{Frame, frontend_tag, target_kind, tx_status};
 use crate::router::hints::{FreshnessHints, freshness_hints};
@@ -23,11 +24,18 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A client's prepared statement: the Parse message to replay on another
 /// connection, and the routing verdict for its text.
 pub(super) struct Statement {
+    /// The Parse as servers get it (renamed in transaction pooling).
     pub parse: Frame,
+    /// Its name on the servers: the client's, or in transaction pooling
+    /// `pgr_<hash of text and parameter types>`, so clients sharing a server
+    /// connection never collide and identical statements are prepared once.
+    pub server_name: String,
     pub hash: u64,
     pub decision: Decision,
     /// Freshness hints in its text, applied to every execution.
     pub freshness: FreshnessHints,
+    /// It may start COPY FROM STDIN (see `Batch::copy_in`).
+    pub copy_in: bool,
 }
 
 /// A batch pgrouter answers itself instead of sending it to a server.
@@ -73,6 +81,11 @@ pub(super) struct Batch {
     pub read_only_tx: bool,
     /// It ends a transaction (COMMIT, ROLLBACK, ...).
     pub ends_tx: bool,
+    /// A statement may write: the classifier sends it to the primary for what
+    /// it does, not for session or transaction control (SET, BEGIN, COMMIT).
+    pub writes: bool,
+    /// It may start COPY FROM STDIN: nothing may be pipelined behind it.
+    pub copy_in: bool,
     /// Answered by pgrouter itself, without running anywhere.
     pub local: Option<LocalAnswer>,
     /// Freshness hints of its statements (the highest floor, the first key,
@@ -92,6 +105,10 @@ impl Batch {
         self.has_statement = true;
         if decision.route == Route::Primary {
             self.needs_primary = true;
+            if is_write(decision) {
+                self.writes = true;
+                self.copy_in |= may_copy_in(decision, text);
+            }
         }
         match decision.tx {
             TxEffect::Begin { read_only } => {
@@ -134,13 +151,26 @@ impl Batch {
     }
 }
 
+/// The classifier sends it to the primary for what it does, not for session
+/// or transaction control (SET, BEGIN, COMMIT are not writes).
+fn is_write(decision: &Decision) -> bool {
+    decision.route == Route::Primary
+        && decision.session == SessionEffect::None
+        && decision.tx == TxEffect::None
+}
+
+/// A write that may start COPY FROM STDIN.
+fn may_copy_in(decision: &Decision, text: &str) -> bool {
+    is_write(decision) && crate::router::hints::starts_with_word(text, "copy")
+}
+
 fn bad(err: impl std::fmt::Display) -> SessionError {
     SessionError::ClientProtocol(err.to_string())
 }
 
-fn hash_frame(frame: &Frame) -> u64 {
+fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    frame.raw.hash(&mut hasher);
+    bytes.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -165,6 +195,7 @@ impl Session {
                 // Fastpath calls can do anything; the primary is the only safe place.
                 let mut batch = Batch {
                     needs_primary: true,
+                    writes: true,
                     has_statement: true,
                     ..Batch::default()
                 };
@@ -193,7 +224,7 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    async fn on_extended(&mut self, frame: Frame) -> Result<(), SessionError> {
+    async fn on_extended(&mut self, mut frame: Frame) -> Result<(), SessionError> {
         if self.discard_until_sync {
             if frame.tag == frontend_tag::SYNC {
                 self.discard_until_sync = false;
@@ -207,32 +238,49 @@ impl Session {
                 let (name, sql) = parse_message(frame.body()).map_err(bad)?;
                 let decision = self.shared.classifier.classify(sql);
                 self.batch.learn(&decision, sql);
+                let copy_in = may_copy_in(&decision, sql);
                 let freshness = freshness_hints(sql);
                 self.batch.merge_freshness(&freshness);
-                let hash = hash_frame(&frame);
+                let hash = hash_bytes(parse_content(frame.body()).map_err(bad)?);
                 let name = name.to_owned();
-                let stale_ok = !self.statements.contains_key(&name);
+                let renamed = self.renames_statements() && !name.is_empty();
+                // A renamed statement's server copy has the same content whatever
+                // its history, so an existing one may always be replaced.
+                let stale_ok = renamed || !self.statements.contains_key(&name);
+                let server_name = if renamed {
+                    let server_name = format!("pgr_{hash:016x}");
+                    frame = with_statement_name(&frame, &server_name).map_err(bad)?;
+                    server_name
+                } else {
+                    name.clone()
+                };
                 let statement = Statement {
                     parse: frame.clone(),
+                    server_name: server_name.clone(),
                     hash,
                     decision,
                     freshness,
+                    copy_in,
                 };
-                self.statements.insert(name.clone(), Arc::new(statement));
+                self.statements.insert(name, Arc::new(statement));
                 Need::Creates {
-                    name,
+                    name: server_name,
                     hash,
                     stale_ok,
                 }
             }
             frontend_tag::BIND => {
                 let (_portal, name) = bind_message(frame.body()).map_err(bad)?;
-                self.statement_need(name)
+                let need = self.statement_need(name);
+                self.rename_for(&mut frame, &need)?;
+                need
             }
             frontend_tag::DESCRIBE => {
                 let (kind, name) = target_message(frame.body(), "Describe").map_err(bad)?;
                 if kind == target_kind::STATEMENT {
-                    self.statement_need(name)
+                    let need = self.statement_need(name);
+                    self.rename_for(&mut frame, &need)?;
+                    need
                 } else {
                     Need::Nothing
                 }
@@ -240,8 +288,14 @@ impl Session {
             frontend_tag::CLOSE => {
                 let (kind, name) = target_message(frame.body(), "Close").map_err(bad)?;
                 if kind == target_kind::STATEMENT {
-                    self.statements.remove(name);
-                    Need::Closes(name.to_owned())
+                    let server_name = match self.statements.remove(name) {
+                        Some(statement) => statement.server_name.clone(),
+                        None => name.to_owned(),
+                    };
+                    if server_name != name {
+                        frame = with_statement_name(&frame, &server_name).map_err(bad)?;
+                    }
+                    Need::Closes(server_name)
                 } else {
                     Need::Nothing
                 }
@@ -263,6 +317,21 @@ impl Session {
         Ok(())
     }
 
+    /// Whether client statement names are replaced by server-side ones.
+    fn renames_statements(&self) -> bool {
+        self.pool_mode == crate::config::PoolMode::Transaction
+    }
+
+    /// Gives a Bind/Describe the server-side name of the statement it uses.
+    fn rename_for(&self, frame: &mut Frame, need: &Need) -> Result<(), SessionError> {
+        if let Need::Statement(server_name, _) = need {
+            if self.renames_statements() && !server_name.is_empty() {
+                *frame = with_statement_name(frame, server_name).map_err(bad)?;
+            }
+        }
+        Ok(())
+    }
+
     fn statement_need(&mut self, name: &str) -> Need {
         match self.statements.get(name) {
             Some(statement) => {
@@ -276,7 +345,8 @@ impl Session {
                 };
                 self.batch.learn(&statement.decision, text);
                 self.batch.merge_freshness(&statement.freshness);
-                Need::Statement(name.to_owned(), statement)
+                self.batch.copy_in |= statement.copy_in;
+                Need::Statement(statement.server_name.clone(), statement)
             }
             None => Need::Nothing,
         }

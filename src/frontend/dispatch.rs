@@ -77,10 +77,11 @@ impl Session {
         // (autocommit, or it ends one): then a write's commit position is final.
         let may_commit = batch.ends_tx
             || (!batch.begins_tx && self.tx_status == tx_status::IDLE && !self.tx_pending);
-        let wrote = slot == PRIMARY && batch.needs_primary;
+        let wrote = slot == PRIMARY && batch.writes;
         if wrote {
             self.note_write(&batch);
         }
+        let capture = slot == PRIMARY && may_commit && self.wants_capture();
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
@@ -101,11 +102,14 @@ impl Session {
             if let Some(mark) = attached.marks.get_mut(index) {
                 mark.state = batch.state;
                 mark.began_tx = batch.begins_tx;
+                // Behind a possible COPY FROM STDIN nothing may be pipelined (the
+                // server would take it for copy data): capture once it is done.
+                mark.capture_after = capture && batch.copy_in;
             }
         }
         let node = attached.conn.conn.node;
-        if slot == PRIMARY && last_mark.is_some() && may_commit && self.wants_capture() {
-            self.send_capture();
+        if capture && !batch.copy_in && last_mark.is_some() {
+            self.send_capture(true);
         }
         if batch.begins_tx {
             self.tx_pending = true;
@@ -140,6 +144,10 @@ impl Session {
                 code: sqlstate::CANNOT_CONNECT_NOW,
                 message: format!("pgrouter: {err}"),
             }),
+            Err(err @ PoolError::Exhausted { .. }) => Err(AttachError {
+                code: sqlstate::TOO_MANY_CONNECTIONS,
+                message: format!("pgrouter: {err}"),
+            }),
             Err(err) => Err(AttachError {
                 code: sqlstate::UNABLE_TO_CONNECT,
                 message: format!("pgrouter could not reach the primary: {err}"),
@@ -147,30 +155,48 @@ impl Session {
         }
     }
 
-    /// Replays session-state statements this connection has not seen yet, as one
-    /// internal query whose answers the client never sees.
+    /// Brings the session's state (SETs, SQL PREPAREs, ...) to the connection:
+    /// nothing when it already carries exactly this state; else the statements
+    /// it has not seen, each as an internal query whose answers the client never
+    /// sees, after a `DISCARD ALL` when another session's state is on it
+    /// (transaction pooling). One query per statement, because some (DISCARD
+    /// ALL) refuse to run inside a multi-statement query.
     fn replay_session_state(&mut self, slot: usize) {
         let log_len = self.session_log.len();
+        let log_hash = self.log_hash;
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
-        if attached.applied >= log_len {
-            return;
+        if attached.applied == 0 {
+            let state = attached.conn.conn.session_state;
+            if state == log_hash {
+                attached.applied = log_len;
+                return;
+            }
+            if state != 0 {
+                send_internal(attached, "DISCARD ALL");
+                attached.conn.conn.prepared.clear();
+            }
         }
-        let sql = self.session_log[attached.applied..].join(";\n");
-        if let Err(err) = to_server::query(attached.conn.conn.out(), &sql) {
-            tracing::warn!(%err, "session state could not be replayed");
-            return;
+        for sql in &self.session_log[attached.applied..] {
+            send_internal(attached, sql);
+            if drops_prepared_statements(sql) {
+                attached.conn.conn.prepared.clear();
+            }
         }
-        let mark = Mark::internal(attached, false);
-        attached.marks.push_back(mark);
         attached.applied = log_len;
+        attached.conn.conn.session_state = log_hash;
     }
 
     /// Remembers a session-state statement that completed on `slot`.
     pub(super) fn remember_state(&mut self, slot: usize, sql: std::sync::Arc<str>) {
         if let Some(Ok(setting)) = consistency::parse_setting(&sql) {
             self.freshness.apply(&setting);
+        }
+        if drops_prepared_statements(&sql) {
+            if let Some(attached) = self.servers[slot].as_mut() {
+                attached.conn.conn.prepared.clear();
+            }
         }
         if self.session_log.len() >= MAX_SESSION_LOG {
             if !self.pinned {
@@ -184,13 +210,51 @@ impl Session {
         let up_to_date = self.servers[slot]
             .as_ref()
             .is_some_and(|a| a.applied == self.session_log.len());
+        self.log_hash = next_log_hash(self.log_hash, &sql);
         self.session_log.push(sql);
         if up_to_date {
             if let Some(attached) = self.servers[slot].as_mut() {
                 attached.applied = self.session_log.len();
+                attached.conn.conn.session_state = self.log_hash;
             }
         }
     }
+}
+
+/// Sends a query whose answers are swallowed.
+fn send_internal(attached: &mut Attached, sql: &str) {
+    if let Err(err) = to_server::query(attached.conn.conn.out(), sql) {
+        tracing::warn!(%err, "session state could not be replayed");
+        return;
+    }
+    let mark = Mark::internal(attached, false);
+    attached.marks.push_back(mark);
+}
+
+/// The hash of a session log after `sql` is appended to a log hashing to
+/// `previous`; never 0, which stands for "no session state".
+fn next_log_hash(previous: u64, sql: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (previous, sql).hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+/// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
+fn drops_prepared_statements(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(3)
+        .map(|w| w.trim_end_matches(';').to_ascii_uppercase())
+        .collect();
+    matches!(
+        words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["DISCARD", "ALL", ..] | ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL"]
+    )
 }
 
 /// Before a message that uses or creates a named statement, makes the server's

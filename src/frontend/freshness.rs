@@ -168,7 +168,9 @@ impl Session {
 
     /// Pipelines the commit-position query behind the client's last batch on
     /// the primary; that batch's ReadyForQuery waits for its answer.
-    pub(super) fn send_capture(&mut self) {
+    /// `hold`: the client's last batch is still in flight and its ReadyForQuery
+    /// waits for the answer (else it is already held).
+    pub(super) fn send_capture(&mut self, hold: bool) {
         let Some(attached) = self.servers[PRIMARY].as_mut() else {
             return;
         };
@@ -185,8 +187,10 @@ impl Session {
         if to_server::execute_prepared(attached.conn.conn.out(), CAPTURE_STATEMENT).is_err() {
             return;
         }
-        if let Some(last) = attached.marks.back_mut() {
-            last.holds_ready = true;
+        if hold {
+            if let Some(last) = attached.marks.back_mut() {
+                last.holds_ready = true;
+            }
         }
         let mark = Mark::internal(attached, true);
         attached.marks.push_back(mark);
@@ -200,7 +204,10 @@ impl Session {
             self.freshness.last_write_done = Some(Instant::now());
         }
         if mark.holds_ready && status == tx_status::IDLE {
-            self.held_ready = Some(frame);
+            self.held_ready = Some((frame, mark.had_error));
+        } else if mark.capture_after && status == tx_status::IDLE && self.wants_capture() {
+            self.held_ready = Some((frame, mark.had_error));
+            self.send_capture(false);
         } else {
             self.out.extend_from_slice(&frame.raw);
         }
@@ -218,11 +225,11 @@ impl Session {
         }
         // Without a held ReadyForQuery the batch left its transaction open, so
         // the position is not a commit's: ignore it.
-        let Some(ready) = self.held_ready.take() else {
+        let Some((ready, failed)) = self.held_ready.take() else {
             return;
         };
         match lsn {
-            Some(lsn) => self.learn_write_position(lsn),
+            Some(lsn) => self.learn_write_position(lsn, !failed),
             None => {
                 tracing::warn!(
                     "could not learn a write's commit position; the session reads from the primary until it can"
@@ -233,7 +240,8 @@ impl Session {
         self.out.extend_from_slice(&ready.raw);
     }
 
-    fn learn_write_position(&mut self, lsn: u64) {
+    /// `announce`: tell the client its new token (not after a failed batch).
+    fn learn_write_position(&mut self, lsn: u64, announce: bool) {
         let now = Instant::now();
         let config = self.shared.config.load();
         self.freshness.wrote(Some(lsn), now);
@@ -243,7 +251,9 @@ impl Session {
                 .keys
                 .record(&key, lsn, now, config.consistency.max_keys);
         }
-        build::parameter_status(&mut self.out, "pgrouter.last_write_lsn", &format_lsn(lsn));
+        if announce {
+            build::parameter_status(&mut self.out, "pgrouter.last_write_lsn", &format_lsn(lsn));
+        }
     }
 
     /// A read needs the primary only because the last write's position is
@@ -268,7 +278,7 @@ impl Session {
         match answer {
             Ok(Ok(Some(value))) => match parse_lsn(&value) {
                 Some(lsn) => {
-                    self.learn_write_position(lsn);
+                    self.learn_write_position(lsn, true);
                     true
                 }
                 None => false,

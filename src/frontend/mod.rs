@@ -71,6 +71,7 @@ pub enum SessionError {
 /// A client that logged in, ready for its session.
 struct LoggedIn {
     login: Login,
+    pool_mode: crate::config::PoolMode,
     reader: FramedReader<tokio::net::tcp::OwnedReadHalf>,
     write: tokio::net::tcp::OwnedWriteHalf,
     out: BytesMut,
@@ -90,6 +91,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     };
     let Some(LoggedIn {
         login,
+        pool_mode,
         reader,
         write,
         out,
@@ -97,7 +99,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     else {
         return Ok(());
     };
-    session::Session::start(shared.clone(), login, reader, write, out).await
+    session::Session::start(shared.clone(), login, pool_mode, reader, write, out).await
 }
 
 /// Startup packets and authentication. `Ok(None)`: the client left, or it was a
@@ -133,7 +135,11 @@ async fn log_in(
     };
     let config = shared.config.load_full();
     let (read, mut write) = stream.into_split();
-    let mut reader = FramedReader::new(read, config.limits.max_message_size);
+    let mut reader = FramedReader::new(
+        read,
+        config.limits.max_message_size,
+        crate::protocol::framer::CLIENT_IDLE_BUFFER,
+    );
     let mut out = BytesMut::with_capacity(1024);
 
     let login = match login_for(&startup, &config, &mut out) {
@@ -166,8 +172,13 @@ async fn log_in(
         let _ = write.write_all(&out).await;
         return Err(err.into());
     }
+    let pool_mode = config
+        .user(&client_user)
+        .and_then(|u| u.pool_mode)
+        .unwrap_or(config.pool.mode);
     Ok(Some(LoggedIn {
         login,
+        pool_mode,
         reader,
         write,
         out,

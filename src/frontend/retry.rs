@@ -128,6 +128,7 @@ impl Session {
             // (its commit position is learnt like any other's).
             let mut batch = guard.batch;
             batch.needs_primary = true;
+            batch.writes = true;
             self.ready.push_front((PRIMARY, batch, true));
         } else {
             self.out.extend_from_slice(&guard.held);

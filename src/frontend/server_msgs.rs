@@ -189,7 +189,7 @@ impl Session {
         if slot == PRIMARY {
             // A write's ReadyForQuery held for its commit position: the write is
             // done, the position unknown (reads need the primary until it is).
-            if let Some(ready) = self.held_ready.take() {
+            if let Some((ready, _)) = self.held_ready.take() {
                 self.out.extend_from_slice(&ready.raw);
             }
         }

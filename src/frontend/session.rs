@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use super::SessionError;
 use super::batch::{Batch, Statement};
 use crate::backend::{BackendError, CancelTarget, Login};
+use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
-use crate::pool::{PoolError, PooledConn};
+use crate::pool::{PoolError, PooledConn, Release};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
@@ -27,6 +28,10 @@ use crate::server::{CancelSlot, Shared};
 pub(super) const PRIMARY: usize = 0;
 /// Index of the replica connection in `Session::servers`.
 pub(super) const REPLICA: usize = 1;
+
+/// Output buffer a client starts with, and the most an idle one keeps.
+const CLIENT_OUT_BUFFER: usize = 1024;
+const CLIENT_OUT_KEEP: usize = 64 * 1024;
 
 /// One expected ReadyForQuery on a server connection.
 pub(super) struct Mark {
@@ -43,6 +48,8 @@ pub(super) struct Mark {
     pub extended: bool,
     /// The commit-position query follows: hold this ReadyForQuery until it answers.
     pub holds_ready: bool,
+    /// Send the commit-position query when this completes (after a COPY).
+    pub capture_after: bool,
     /// pgrouter's own commit-position query (internal), and what it returned.
     pub captures: bool,
     pub captured: Option<u64>,
@@ -60,6 +67,7 @@ impl Mark {
             began_tx: false,
             extended,
             holds_ready: false,
+            capture_after: false,
             captures: false,
             captured: None,
         }
@@ -120,6 +128,13 @@ pub(super) enum Flow {
 pub(crate) struct Session {
     pub(super) shared: Arc<Shared>,
     pub(super) login: Login,
+    /// Transaction pooling: server connections go back to their pools whenever
+    /// the session is idle between transactions (see `release_idle`).
+    pub(super) pool_mode: PoolMode,
+    /// Hash of `session_log`, recorded on each server connection that has it
+    /// applied (`ServerConn::session_state`), so a connection that already
+    /// carries exactly this session's state needs no replay.
+    pub(super) log_hash: u64,
     pub(super) client_in: FramedReader<OwnedReadHalf>,
     client_write: OwnedWriteHalf,
     /// Bytes for the client, written once per loop turn.
@@ -160,7 +175,8 @@ pub(crate) struct Session {
     pub(super) pending_keys: Vec<Box<str>>,
     /// The client's ReadyForQuery after a write, held until the commit position
     /// is known, so the client never acts on a write the router cannot place yet.
-    pub(super) held_ready: Option<Frame>,
+    /// `true` with it: the batch failed, so no new token is announced.
+    pub(super) held_ready: Option<(Frame, bool)>,
     /// Replay positions this session read from replicas itself (node, LSN):
     /// newer than the snapshot's when the monitor has not polled since.
     pub(super) seen_replay: Vec<(usize, u64)>,
@@ -183,6 +199,7 @@ impl Session {
     pub(super) async fn start(
         shared: Arc<Shared>,
         login: Login,
+        pool_mode: PoolMode,
         client_in: FramedReader<OwnedReadHalf>,
         client_write: OwnedWriteHalf,
         out: BytesMut,
@@ -193,6 +210,8 @@ impl Session {
         let mut session = Session {
             shared,
             login,
+            pool_mode,
+            log_hash: 0,
             client_in,
             client_write,
             out,
@@ -254,7 +273,11 @@ impl Session {
 
     /// Applies `-c pgrouter.*=...` from the startup packet's `options`.
     fn apply_startup_options(&mut self) -> Result<(), crate::consistency::SettingError> {
-        let options = self.login.params.iter().filter(|(name, _)| name == "options");
+        let options = self
+            .login
+            .params
+            .iter()
+            .filter(|(name, _)| name == "options");
         for (_, value) in options {
             for setting in crate::consistency::settings::from_startup_options(value)? {
                 self.freshness.apply(&setting);
@@ -323,6 +346,7 @@ impl Session {
                     Err(err) => return Err(err),
                 }
             }
+            self.release_idle().await;
             self.flush_all().await?;
             match self.wait().await {
                 Event::Client(Ok(0)) => return Ok(()),
@@ -368,7 +392,12 @@ impl Session {
     pub(super) async fn flush_client(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             self.client_write.write_all(&self.out).await?;
-            self.out.clear();
+            // After a large result, shrink back so an idle client holds little.
+            if self.out.capacity() > CLIENT_OUT_KEEP {
+                self.out = BytesMut::with_capacity(CLIENT_OUT_BUFFER);
+            } else {
+                self.out.clear();
+            }
         }
         Ok(())
     }
@@ -437,7 +466,38 @@ impl Session {
             self.open = None;
         }
         if reusable {
-            attached.conn.release().await;
+            let how = match self.pool_mode {
+                PoolMode::Session => Release::Reset,
+                PoolMode::Transaction => Release::AsIs,
+            };
+            attached.conn.release(how).await;
+        }
+    }
+
+    /// Transaction pooling: gives back every server connection the session does
+    /// not need right now, i.e. when it is between transactions with nothing in
+    /// flight, queued or held. Pinned sessions keep theirs.
+    pub(super) async fn release_idle(&mut self) {
+        if self.pool_mode != PoolMode::Transaction
+            || self.pinned
+            || self.tx_status != tx_status::IDLE
+            || self.tx_pending
+            || self.open.is_some()
+            || self.active.is_some()
+            || !self.ready.is_empty()
+            || self.retry.is_some()
+            || self.held_ready.is_some()
+            || !self.batch.frames.is_empty()
+        {
+            return;
+        }
+        for slot in [PRIMARY, REPLICA] {
+            let idle = self.servers[slot]
+                .as_ref()
+                .is_some_and(|a| a.is_idle() && a.conn.conn.tx_status == tx_status::IDLE);
+            if idle {
+                self.detach(slot).await;
+            }
         }
     }
 

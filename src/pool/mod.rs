@@ -1,14 +1,20 @@
 //! Server connection pools: one per node and pool key (user, database, startup
-//! parameters), bounded, with a checkout timeout.
+//! parameters), bounded by `pool_size`, with a FIFO wait queue and a checkout
+//! timeout, idle and lifetime limits, a health check before reusing a
+//! connection idle for long, and `min_idle` connections kept open ahead of need.
 //!
-//! Hand-written for now because the walking skeleton only needs session pooling
-//! (a client keeps what it checked out until it leaves): a semaphore for the bound
-//! and a stack of idle connections. Transaction pooling (its own issue) revisits
-//! this against deadpool's managed pool. It must not look inside the traffic.
+//! Hand-written rather than deadpool's managed pool, for two reasons: dropping
+//! a checked-out connection must *close* it (pgrouter drops connections whose
+//! protocol state it cannot vouch for: mid-transaction, answers outstanding),
+//! while a deadpool `Object` returns to its pool on drop; and the reset on
+//! return differs by pool mode (session: `DISCARD ALL` before reuse;
+//! transaction: kept as is, the next session brings its own state), which the
+//! session decides, not a pool-wide recycle hook. The bound and the fair FIFO
+//! wait queue are tokio's `Semaphore`. It must not look inside the traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -17,7 +23,9 @@ use crate::backend::{BackendError, Login, ServerConn};
 /// Why a checkout failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("no server connection to {node} became free within {waited:?} (pool_size {size})")]
+    #[error(
+        "too many clients for {node}: no server connection became free within {waited:?} (pool_size {size})"
+    )]
     Exhausted {
         node: String,
         waited: Duration,
@@ -38,9 +46,25 @@ pub struct PoolKey {
     pub params: Vec<(String, String)>,
 }
 
+/// How to open more connections for a pool (kept for `min_idle`).
+#[derive(Clone)]
+struct Template {
+    addr: NodeAddr,
+    login: Login,
+}
+
 struct Slot {
+    node: usize,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
+    template: Mutex<Option<Template>>,
+}
+
+impl Slot {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+        // A poisoned lock only means another task panicked mid-push; the list is still usable.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Where a pool's connections go.
@@ -58,6 +82,27 @@ pub struct PoolSettings {
     pub checkout_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_message: usize,
+    pub min_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub health_check_after: Duration,
+}
+
+impl PoolSettings {
+    /// The settings in force in `config`.
+    pub fn from_config(config: &crate::config::Config) -> PoolSettings {
+        let pool = &config.pool;
+        PoolSettings {
+            pool_size: pool.pool_size,
+            checkout_timeout: pool.checkout_timeout,
+            connect_timeout: pool.connect_timeout,
+            max_message: config.limits.max_message_size,
+            min_idle: pool.min_idle,
+            idle_timeout: pool.idle_timeout,
+            max_lifetime: pool.max_lifetime,
+            health_check_after: pool.health_check_after,
+        }
+    }
 }
 
 /// All pools of one router.
@@ -74,23 +119,34 @@ pub struct PooledConn {
     slot: Arc<Slot>,
 }
 
+/// What a connection needs before another client may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// `DISCARD ALL` (session pooling: the next client expects a fresh session).
+    Reset,
+    /// Nothing: it is between transactions, and the next session re-applies (or
+    /// resets) session state itself (transaction pooling).
+    AsIs,
+}
+
 impl Pools {
     fn slot(&self, key: &PoolKey, size: usize) -> Arc<Slot> {
-        // A poisoned lock only means another task panicked mid-insert; the map is still usable.
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
+                    node: key.node,
                     permits: Arc::new(Semaphore::new(size)),
                     idle: Mutex::new(Vec::new()),
+                    template: Mutex::new(None),
                 })
             })
             .clone()
     }
 
-    /// Takes an idle connection or opens a new one, waiting at most `checkout_timeout`
-    /// for a free place.
+    /// Takes an idle connection or opens a new one, waiting at most
+    /// `checkout_timeout` (in FIFO order with other waiters) for a free place.
     pub async fn checkout(
         &self,
         key: &PoolKey,
@@ -99,71 +155,185 @@ impl Pools {
         settings: PoolSettings,
     ) -> Result<PooledConn, PoolError> {
         let slot = self.slot(key, settings.pool_size);
-        let permit = tokio::time::timeout(
-            settings.checkout_timeout,
-            slot.permits.clone().acquire_owned(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| PoolError::Exhausted {
-            node: addr.name.clone(),
-            waited: settings.checkout_timeout,
-            size: settings.pool_size,
-        })?;
-        let idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => {
-                ServerConn::connect(
-                    key.node,
-                    &addr.host,
-                    addr.port,
-                    login,
-                    settings.connect_timeout,
-                    settings.max_message,
-                )
-                .await?
-            }
+        let permit = match slot.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(
+                settings.checkout_timeout,
+                slot.permits.clone().acquire_owned(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| PoolError::Exhausted {
+                node: addr.name.clone(),
+                waited: settings.checkout_timeout,
+                size: settings.pool_size,
+            })?,
         };
+        {
+            let mut template = slot.template.lock().unwrap_or_else(|p| p.into_inner());
+            if template.is_none() {
+                *template = Some(Template {
+                    addr: addr.clone(),
+                    login: login.clone(),
+                });
+            }
+        }
+        while let Some(conn) = take_idle(&slot, &settings) {
+            match healthy(conn, &settings).await {
+                Some(conn) => return Ok(PooledConn { conn, permit, slot }),
+                None => continue,
+            }
+        }
+        let conn = ServerConn::connect(
+            key.node,
+            &addr.host,
+            addr.port,
+            login,
+            settings.connect_timeout,
+            settings.max_message,
+        )
+        .await?;
         Ok(PooledConn { conn, permit, slot })
     }
 
     /// Closes every idle connection (shutdown, or after a node went away).
     pub fn clear_idle(&self) {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        for slot in slots.values() {
-            slot.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for slot in self.all_slots() {
+            slot.idle().clear();
         }
     }
 
     /// Idle connections to `node` are dropped: used when a node fails.
     pub fn drop_idle_for(&self, node: usize) {
+        for slot in self.all_slots().iter().filter(|s| s.node == node) {
+            slot.idle().clear();
+        }
+    }
+
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, slot) in slots.iter() {
-            if key.node == node {
-                slot.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        slots.values().cloned().collect()
+    }
+
+    /// Closes idle connections past `idle_timeout` (keeping `min_idle`) or
+    /// `max_lifetime`, and opens connections up to `min_idle` for pools that
+    /// have been used. Run periodically by the router with the current settings.
+    pub async fn maintain(&self, settings: &PoolSettings) {
+        for slot in self.all_slots() {
+            expire_idle(&slot, settings);
+            let template = slot
+                .template
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(template) = template {
+                top_up(&slot, &template, settings).await;
             }
         }
     }
 }
 
+/// The newest idle connection that is not past its limits (older ones are closed).
+fn take_idle(slot: &Slot, settings: &PoolSettings) -> Option<ServerConn> {
+    let mut idle = slot.idle();
+    while let Some(conn) = idle.pop() {
+        let expired = conn.created.elapsed() >= settings.max_lifetime
+            || conn.last_used.elapsed() >= settings.idle_timeout;
+        if !expired {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// A connection idle for long is asked an empty query before reuse.
+async fn healthy(mut conn: ServerConn, settings: &PoolSettings) -> Option<ServerConn> {
+    if conn.last_used.elapsed() < settings.health_check_after {
+        return Some(conn);
+    }
+    match tokio::time::timeout(settings.connect_timeout, conn.run_quiet("")).await {
+        Ok(Ok(())) => Some(conn),
+        _ => {
+            tracing::debug!(
+                server = conn.addr(),
+                "idle server connection failed its health check"
+            );
+            None
+        }
+    }
+}
+
+fn expire_idle(slot: &Slot, settings: &PoolSettings) {
+    let mut idle = slot.idle();
+    let keep_at_least = settings.min_idle;
+    let mut kept = 0;
+    // Newest last: walk from the newest so the freshest survive.
+    let mut survivors: Vec<ServerConn> = Vec::with_capacity(idle.len());
+    while let Some(conn) = idle.pop() {
+        let too_old = conn.created.elapsed() >= settings.max_lifetime;
+        let unused = conn.last_used.elapsed() >= settings.idle_timeout;
+        if too_old || (unused && kept >= keep_at_least) {
+            continue;
+        }
+        kept += 1;
+        survivors.push(conn);
+    }
+    survivors.reverse();
+    *idle = survivors;
+}
+
+async fn top_up(slot: &Arc<Slot>, template: &Template, settings: &PoolSettings) {
+    while slot.idle().len() < settings.min_idle {
+        let Ok(permit) = slot.permits.clone().try_acquire_owned() else {
+            return;
+        };
+        let connected = ServerConn::connect(
+            slot.node,
+            &template.addr.host,
+            template.addr.port,
+            &template.login,
+            settings.connect_timeout,
+            settings.max_message,
+        )
+        .await;
+        match connected {
+            Ok(conn) => slot.idle().push(conn),
+            Err(err) => {
+                tracing::debug!(%err, "could not open a min_idle server connection");
+                return;
+            }
+        }
+        drop(permit);
+    }
+}
+
 impl PooledConn {
-    /// Resets the connection and returns it to its pool; closes it if the reset fails.
-    pub async fn release(self) {
+    /// Returns the connection to its pool (after `DISCARD ALL` for
+    /// [`Release::Reset`]); closes it if it is not clean or the reset fails.
+    pub async fn release(self, how: Release) {
         let PooledConn {
             mut conn,
             permit,
             slot,
         } = self;
-        // A server that does not answer the reset within this long is not worth keeping.
-        let reset = tokio::time::timeout(Duration::from_secs(5), conn.reset()).await;
-        match reset.unwrap_or_else(|_| Err(conn.timeout_error())) {
-            Ok(()) => slot
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn),
+        let outcome = match how {
+            Release::AsIs if conn.is_clean() => Ok(()),
+            Release::AsIs => Err(BackendError::Protocol {
+                addr: conn.addr().to_owned(),
+                problem: "connection not idle at release".into(),
+            }),
+            Release::Reset => {
+                // A server that does not answer the reset within this long is not worth keeping.
+                let reset = tokio::time::timeout(Duration::from_secs(5), conn.reset()).await;
+                reset.unwrap_or_else(|_| Err(conn.timeout_error()))
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                conn.last_used = Instant::now();
+                slot.idle().push(conn);
+            }
             Err(err) => {
                 tracing::debug!(%err, "server connection not reusable; closing it");
                 conn.terminate().await;

@@ -1,6 +1,8 @@
 //! Bounds-checked readers for the message bodies routing needs. Every accessor
 //! returns an error instead of panicking on short or malformed input.
 
+use super::{Frame, frontend_tag, target_kind};
+
 /// A body that did not have the shape its tag promises.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed {message} message: {problem}")]
@@ -219,5 +221,78 @@ mod tests {
             ("42P01".into(), "no table".into())
         );
         assert_eq!(error_fields(b"C42"), (String::new(), String::new()));
+    }
+}
+
+/// The same Parse, Bind, Describe or Close message with its prepared-statement
+/// name replaced by `name` (transaction pooling gives statements server-side
+/// names of pgrouter's own). Other messages, and Describe/Close of a portal,
+/// come back unchanged.
+pub fn with_statement_name(frame: &Frame, name: &str) -> Result<Frame, FieldError> {
+    let body = frame.body();
+    let mut fields = Fields::new(body, "message");
+    let (head, rest): (&[u8], &[u8]) = match frame.tag {
+        frontend_tag::PARSE => {
+            fields.cstr_bytes()?;
+            (&[], fields.rest())
+        }
+        frontend_tag::BIND => {
+            let portal_end = fields.cstr_bytes()?.len() + 1;
+            fields.cstr_bytes()?;
+            (&body[..portal_end], fields.rest())
+        }
+        frontend_tag::DESCRIBE | frontend_tag::CLOSE => {
+            if fields.u8()? != target_kind::STATEMENT {
+                return Ok(frame.clone());
+            }
+            fields.cstr_bytes()?;
+            (&body[..1], fields.rest())
+        }
+        _ => return Ok(frame.clone()),
+    };
+    let mut new_body = Vec::with_capacity(head.len() + name.len() + 1 + rest.len());
+    new_body.extend_from_slice(head);
+    new_body.extend_from_slice(name.as_bytes());
+    new_body.push(0);
+    new_body.extend_from_slice(rest);
+    Ok(Frame::from_parts(frame.tag, &new_body))
+}
+
+/// The part of a Parse body after the statement name (query text and parameter
+/// types): what makes two prepared statements interchangeable.
+pub fn parse_content(body: &[u8]) -> Result<&[u8], FieldError> {
+    let mut fields = Fields::new(body, "Parse");
+    fields.cstr_bytes()?;
+    Ok(fields.rest())
+}
+
+#[cfg(test)]
+mod rename_tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Frame {
+        Frame::from_parts(tag, body)
+    }
+
+    #[test]
+    fn renames_statements_only() {
+        let parse = frame(frontend_tag::PARSE, b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
+        let renamed = with_statement_name(&parse, "pgr_1").unwrap();
+        assert_eq!(renamed.body(), b"pgr_1\0SELECT $1\0\0\x01\0\0\0\x17");
+        assert_eq!(
+            parse_content(parse.body()).unwrap(),
+            parse_content(renamed.body()).unwrap()
+        );
+        let bind = frame(frontend_tag::BIND, b"p\0s1\0\0\0\0\0\0\0");
+        assert_eq!(
+            with_statement_name(&bind, "x").unwrap().body(),
+            b"p\0x\0\0\0\0\0\0\0"
+        );
+        let describe = frame(frontend_tag::DESCRIBE, b"Ss1\0");
+        assert_eq!(with_statement_name(&describe, "x").unwrap().body(), b"Sx\0");
+        let portal = frame(frontend_tag::CLOSE, b"Pp\0");
+        assert_eq!(with_statement_name(&portal, "x").unwrap().body(), b"Pp\0");
+        let truncated = frame(frontend_tag::BIND, b"p\0s1");
+        assert!(with_statement_name(&truncated, "x").is_err());
     }
 }

@@ -96,26 +96,29 @@ pub struct FramedReader<R> {
     inner: R,
     buf: BytesMut,
     max_len: usize,
+    /// What an empty buffer is shrunk back to (after a large message), so an
+    /// idle connection holds little memory: thousands of idle clients are the
+    /// point of pooling.
+    idle_capacity: usize,
 }
 
-/// Initial read buffer; grows for big messages and shrinks back when drained.
+/// How much the buffer grows by when it runs short.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer an idle client keeps (its next query usually fits).
+pub const CLIENT_IDLE_BUFFER: usize = 1024;
+/// Read buffer an idle server connection keeps (results arrive in bursts).
+pub const SERVER_IDLE_BUFFER: usize = 64 * 1024;
+/// Less free space than this before a read: grow first.
+const MIN_SPARE: usize = 256;
 
 impl<R: AsyncRead + Unpin> FramedReader<R> {
-    pub fn new(inner: R, max_len: usize) -> Self {
+    /// A reader whose buffer shrinks back to `idle_capacity` when drained.
+    pub fn new(inner: R, max_len: usize, idle_capacity: usize) -> Self {
         Self {
             inner,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::with_capacity(idle_capacity.min(READ_CHUNK)),
             max_len,
-        }
-    }
-
-    /// Wraps a reader that already holds buffered bytes.
-    pub fn with_buffer(inner: R, buf: BytesMut, max_len: usize) -> Self {
-        Self {
-            inner,
-            buf,
-            max_len,
+            idle_capacity,
         }
     }
 
@@ -136,7 +139,9 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
 
     /// Reads once from the socket. Returns 0 at end of stream.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
+        if self.buf.is_empty() && self.buf.capacity() > self.idle_capacity {
+            self.buf = BytesMut::with_capacity(self.idle_capacity);
+        } else if self.buf.capacity() - self.buf.len() < MIN_SPARE {
             self.buf.reserve(READ_CHUNK);
         }
         self.inner.read_buf(&mut self.buf).await

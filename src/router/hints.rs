@@ -227,3 +227,9 @@ fn walk_leading_comments(sql: &str, mut visit: impl FnMut(&str)) -> usize {
 pub fn body_start(sql: &str) -> usize {
     walk_leading_comments(sql, |_| {})
 }
+
+/// Whether the text's first token (after comments) is `word`, ignoring case.
+pub fn starts_with_word(sql: &str, word: &str) -> bool {
+    let body = sql.get(body_start(sql)..).unwrap_or("");
+    first_word(body).is_some_and(|first| first.eq_ignore_ascii_case(word))
+}

@@ -133,7 +133,12 @@ pub(crate) fn fast_verdict(word: &str) -> Option<Verdict> {
         ("CLOSE", control("cursor")),
         ("CLUSTER", Verdict::write("maintenance")),
         ("COMMENT", Verdict::write("ddl")),
-        ("DEALLOCATE", control("prepared statement")),
+        // SQL-level prepared statements are session state: replayed on every
+        // server connection the session uses (transaction pooling included).
+        (
+            "DEALLOCATE",
+            session("prepared statement", SessionEffect::SetsState),
+        ),
         ("DELETE", Verdict::write("write: delete")),
         ("DISCARD", session("discard", SessionEffect::SetsState)),
         ("DO", Verdict::write("do block")),
@@ -190,7 +195,7 @@ pub(crate) fn keyword_verdict(sig: &[&Token]) -> Option<Verdict> {
             if kw_at(sig, 1, "TRANSACTION") {
                 control("prepare transaction").with_tx(TxEffect::End)
             } else {
-                control("prepared statement")
+                session("prepared statement", SessionEffect::SetsState)
             }
         }
         "SET" => set(sig),

@@ -168,4 +168,6 @@ pub async fn server_port(client: &Client, sql_prefix: &str) -> u16 {
     }
     panic!("no row")
 }
+pub mod pgbench;
+pub mod process;
 pub mod raw;

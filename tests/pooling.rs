@@ -1,0 +1,214 @@
+//! Transaction pooling against the real cluster: many clients share a few
+//! server connections, and what a client set up (prepared statements, SETs,
+//! SQL PREPARE, temp tables) still behaves as on its own PostgreSQL session.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use pgrouter::config::{Config, PoolMode};
+use tokio_postgres::error::SqlState;
+
+fn small_pools(size: usize) -> impl FnOnce(&mut Config) {
+    move |config: &mut Config| {
+        config.pool.mode = PoolMode::Transaction;
+        config.pool.pool_size = size;
+    }
+}
+
+/// Server connections pgrouter's sessions hold on the primary (the monitor's
+/// own connection and the test's direct one excluded).
+async fn router_backends(env: &common::TestEnv) -> i64 {
+    let direct = env.primary_direct().await;
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+             AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> 'pgrouter_monitor'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_clients_share_two_server_connections() {
+    let env = common::start_with(small_pools(2)).await;
+    env.client()
+        .await
+        .batch_execute("CREATE TABLE hits (client int, n int)")
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(env.client().await);
+    }
+    let mut tasks = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for n in 0..25 {
+                client
+                    .execute("INSERT INTO hits VALUES ($1, $2)", &[&(i as i32), &n])
+                    .await
+                    .unwrap();
+                client
+                    .batch_execute(&format!("BEGIN; INSERT INTO hits VALUES ({i}, -1); COMMIT"))
+                    .await
+                    .unwrap();
+                let row = client
+                    .query_one(
+                        "SELECT count(*) FROM hits WHERE client = $1 AND n >= 0",
+                        &[&(i as i32)],
+                    )
+                    .await
+                    .unwrap();
+                // Read-your-writes (causal) holds through the pool too.
+                assert_eq!(row.get::<_, i64>(0), i64::from(n) + 1);
+            }
+            client
+        }));
+    }
+    let mut clients = Vec::new();
+    for task in tasks {
+        clients.push(task.await.unwrap());
+    }
+    let backends = router_backends(&env).await;
+    assert!(
+        backends <= 2,
+        "40 clients held {backends} primary connections with pool_size 2"
+    );
+    for client in &clients {
+        assert!(!client.is_closed());
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_of_clients_sharing_one_connection_never_collide() {
+    let env = common::start_with(small_pools(1)).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(env.client().await);
+    }
+    // tokio-postgres names every client's statements s0, s1, ...: the same
+    // names for different texts, on one shared server connection per node.
+    let mut statements = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let own = client
+            .prepare(&format!("SELECT $1::int + {i}"))
+            .await
+            .unwrap();
+        let shared = client.prepare("SELECT $1::int * 2").await.unwrap();
+        statements.push((own, shared));
+    }
+    for round in 0..30 {
+        for (i, (client, (own, shared))) in clients.iter().zip(&statements).enumerate() {
+            let got: i32 = client.query_one(own, &[&round]).await.unwrap().get(0);
+            assert_eq!(got, round + i as i32);
+            let twice: i32 = client.query_one(shared, &[&round]).await.unwrap().get(0);
+            assert_eq!(twice, round * 2);
+        }
+    }
+    // Closing one client's statement leaves the others' working.
+    let (own0, shared0) = statements.remove(0);
+    drop((own0, shared0));
+    clients[0].batch_execute("SELECT 1").await.unwrap();
+    for (client, (own, shared)) in clients[1..].iter().zip(&statements) {
+        client.query_one(own, &[&1]).await.unwrap();
+        client.query_one(shared, &[&1]).await.unwrap();
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_sql_prepare_follow_the_client() {
+    let env = common::start_with(small_pools(1)).await;
+    let a = env.client().await;
+    let b = env.client().await;
+    a.batch_execute("SET application_name = 'client_a'; SET search_path = pg_catalog")
+        .await
+        .unwrap();
+    a.batch_execute("PREPARE answer AS SELECT 42")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let name = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+            rows.into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        // B runs on the same single server connection per node in between.
+        let b_name = name(b.simple_query("SHOW application_name").await.unwrap());
+        assert_ne!(b_name, "client_a", "B must not see A's settings");
+        let a_name = name(a.simple_query("SHOW application_name").await.unwrap());
+        assert_eq!(a_name, "client_a");
+        let answer = name(a.simple_query("EXECUTE answer").await.unwrap());
+        assert_eq!(answer, "42");
+        let err = b.simple_query("EXECUTE answer").await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+    }
+    a.batch_execute("DEALLOCATE answer").await.unwrap();
+    let err = a.simple_query("EXECUTE answer").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_answers_53300_after_checkout_timeout() {
+    let env = common::start_with(|config| {
+        small_pools(1)(config);
+        config.pool.checkout_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let holder = env.client().await;
+    let waiter = env.client().await;
+    holder
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = waiter
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_tables_pin_the_session_and_keep_working() {
+    let env = common::start_with(small_pools(2)).await;
+    let pinned = env.client().await;
+    let other = env.client().await;
+    pinned
+        .batch_execute("CREATE TEMP TABLE scratch (a int)")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        pinned
+            .execute("INSERT INTO scratch VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        other.batch_execute("SELECT 1").await.unwrap();
+    }
+    let count: i64 = pinned
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 20);
+    env.stop().await;
+}
