@@ -29,7 +29,8 @@ const COMMON_CONF: &str = "
 # ---- added by pgrouter's test cluster ----
 listen_addresses = '127.0.0.1'
 shared_buffers = 16MB
-max_connections = 200
+# Room for benchmarks that connect 500 clients straight to the primary.
+max_connections = 600
 fsync = off
 full_page_writes = off
 synchronous_commit = on

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# pgbench straight against the primary vs. through PgBouncer vs. through
+# pgrouter (transaction pooling, pool_size 20 per node), on the local demo
+# cluster, in one run: select-only and TPC-B-like, -M simple and -M prepared,
+# 1 / 16 / 500 clients. Each cell is the median of REPEAT runs; targets
+# alternate within each repetition so drift hits all three alike.
+#
+#   benches/pgbouncer_compare.sh
+#   DURATION=5 REPEAT=3 CLIENTS="16 500" benches/pgbouncer_compare.sh
+#
+# Prints, per cell: TPS and mean latency of each target, the proxy's CPU time
+# per transaction (user+system from /proc/<pid>/stat; pgrouter's figure is the
+# whole `pgrouter demo` process: router, lag monitor and status line), and
+# pgrouter's TPS as a ratio to PgBouncer's and to direct.
+#
+# PgBouncer comes from Debian's package (installed when missing), 1.18 there:
+# it has no protocol-level prepared statements in transaction mode, so the
+# -M prepared cells use PgBouncer in *session* mode with a pool as large as the
+# client count (a session pool of 20 would leave 480 of 500 clients waiting for
+# the whole run); the table marks them "session". pgrouter stays in transaction
+# mode with 20 connections per node in every cell.
+#
+# Environment (all optional): DURATION (10), REPEAT (3), CLIENTS ("1 16 500"),
+# WORKLOADS ("select-only tpcb-like"), MODES ("simple prepared"), SCALE (10),
+# POOL_SIZE (20), ROUTER_PORT (16432), CLUSTER_PORT (25432), BOUNCER_PORT
+# (16543), BENCH_DIR, MAX_THREADS, PGBENCH, PSQL.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+REPEAT=${REPEAT:-3}
+CLIENTS=${CLIENTS:-"1 16 500"}
+WORKLOADS=${WORKLOADS:-"select-only tpcb-like"}
+MODES=${MODES:-"simple prepared"}
+SCALE=${SCALE:-10}
+POOL_SIZE=${POOL_SIZE:-20}
+ROUTER_PORT=${ROUTER_PORT:-16432}
+CLUSTER_PORT=${CLUSTER_PORT:-25432}
+BOUNCER_PORT=${BOUNCER_PORT:-16543}
+BENCH_DIR=${BENCH_DIR:-/tmp/pgrouter-bench}
+MAX_THREADS=${MAX_THREADS:-$(nproc 2>/dev/null || echo 2)}
+DB_USER=pgrouter
+DB_PASSWORD=pgrouter
+ROUTER_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$ROUTER_PORT/postgres"
+DIRECT_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$CLUSTER_PORT/postgres"
+BOUNCER_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$BOUNCER_PORT/postgres"
+
+cd "$(dirname "$0")/.."
+
+# PgBouncer, from Debian's package when missing (its service is not started).
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+if [ ! -x "$PGBOUNCER" ]; then
+    echo "installing pgbouncer (Debian package) ..." >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo_cmd chmod +x /usr/sbin/policy-rc.d
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq pgbouncer >/dev/null
+    $sudo_cmd rm -f /usr/sbin/policy-rc.d
+    PGBOUNCER=/usr/sbin/pgbouncer
+fi
+
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+
+# PgBouncer will not run as root: run it as the cluster's system user then.
+bouncer_dir=$(mktemp -d)
+chmod 755 "$bouncer_dir"
+run_as=()
+if [ "$(id -u)" -eq 0 ]; then
+    run_as=(runuser -u postgres --)
+    chown postgres "$bouncer_dir"
+fi
+bouncer_pid=
+stop_bouncer() {
+    if [ -n "$bouncer_pid" ]; then
+        kill "$bouncer_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$bouncer_pid" 2>/dev/null || break; sleep 0.1; done
+        bouncer_pid=
+    fi
+}
+trap 'status=$?; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
+
+# Starts PgBouncer in pool mode $1 with pool size $2.
+start_bouncer() {
+    local mode=$1 size=$2
+    stop_bouncer
+    cat >"$bouncer_dir/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$CLUSTER_PORT dbname=postgres user=$DB_USER password=$DB_PASSWORD
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $bouncer_dir/userlist.txt
+pool_mode = $mode
+default_pool_size = $size
+max_client_conn = 5000
+max_db_connections = 0
+logfile = $bouncer_dir/pgbouncer.log
+pidfile = $bouncer_dir/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+INI
+    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$bouncer_dir/userlist.txt"
+    rm -f "$bouncer_dir/pgbouncer.pid"
+    "${run_as[@]}" "$PGBOUNCER" -d "$bouncer_dir/pgbouncer.ini" >/dev/null 2>&1 ||
+        die "pgbouncer did not start: $(tail -5 "$bouncer_dir/pgbouncer.log" 2>/dev/null)"
+    for _ in $(seq 1 50); do [ -s "$bouncer_dir/pgbouncer.pid" ] && break; sleep 0.1; done
+    bouncer_pid=$(cat "$bouncer_dir/pgbouncer.pid")
+}
+
+# user+system CPU ticks of a process.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# Runs pgbench once: prints "tps latency_ms transactions" or FAIL.
+run_once() {
+    local url=$1 workload=$2 mode=$3 clients=$4 threads args out
+    threads=$((clients < MAX_THREADS ? clients : MAX_THREADS))
+    args=(-n -M "$mode" -T "$DURATION" -c "$clients" -j "$threads")
+    [ "$workload" = select-only ] && args+=(-S)
+    if ! "$PGBENCH" "${args[@]}" "$url" >"$work/run.out" 2>"$work/run.err"; then
+        { echo "pgbench ${args[*]} $url failed:"; tail -5 "$work/run.err"; } >&2
+        echo FAIL
+        return
+    fi
+    out=$(awk '
+        /^tps = /                          { tps = $3 }
+        /^latency average = /              { lat = $4 }
+        /^number of transactions actually processed:/ { n = $6 }
+        /^number of failed transactions: / { failed = $5 }
+        END { if (tps == "" || (failed != "" && failed != 0)) print "FAIL"; else print tps, lat, n }' "$work/run.out")
+    [ "$out" = FAIL ] && { echo "pgbench ${args[*]} $url: failed transactions" >&2; tail -3 "$work/run.out" >&2; }
+    echo "$out"
+}
+
+# Median of the numbers on stdin (FAIL when none).
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "FAIL"; else print v[int((NR + 1) / 2)] }'; }
+
+demo_pid_router=$demo_pid
+rows=()
+for workload in $WORKLOADS; do
+    for mode in $MODES; do
+        for clients in $CLIENTS; do
+            if [ "$mode" = prepared ]; then
+                bouncer_mode=session
+                bouncer_size=$clients
+            else
+                bouncer_mode=transaction
+                bouncer_size=$POOL_SIZE
+            fi
+            start_bouncer "$bouncer_mode" "$bouncer_size"
+            declare -A tps=() lat=() cpu=()
+            for _ in $(seq 1 "$REPEAT"); do
+                for target in direct bouncer router; do
+                    case $target in
+                        direct) url=$DIRECT_URL pid= ;;
+                        bouncer) url=$BOUNCER_URL pid=$bouncer_pid ;;
+                        router) url=$ROUTER_URL pid=$demo_pid_router ;;
+                    esac
+                    echo "$workload -M $mode -c $clients: $target ..." >&2
+                    before=0
+                    [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+                    result=$(run_once "$url" "$workload" "$mode" "$clients")
+                    [ "$result" = FAIL ] && continue
+                    read -r t l n <<<"$result"
+                    tps[$target]+="$t"$'\n'
+                    lat[$target]+="$l"$'\n'
+                    if [ -n "$pid" ]; then
+                        used=$(($(cpu_ticks "$pid") - before))
+                        cpu[$target]+="$(awk -v u="$used" -v n="$n" -v k="$TICK_US" 'BEGIN { printf "%.1f", u * k / n }')"$'\n'
+                    fi
+                done
+            done
+            m() { printf '%s' "${1:-}" | median; }
+            td=$(m "${tps[direct]:-}") tb=$(m "${tps[bouncer]:-}") tr=$(m "${tps[router]:-}")
+            ld=$(m "${lat[direct]:-}") lb=$(m "${lat[bouncer]:-}") lr=$(m "${lat[router]:-}")
+            cb=$(m "${cpu[bouncer]:-}") cr=$(m "${cpu[router]:-}")
+            ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+            rows+=("$(printf '%-11s %-8s %5s %-11s | %9s %9s %9s | %7s %7s %7s | %7s %7s | %6s %6s' \
+                "$workload" "$mode" "$clients" "$bouncer_mode" "$td" "$tb" "$tr" "$ld" "$lb" "$lr" \
+                "$cb" "$cr" "$(ratio "$tr" "$tb")" "$(ratio "$tr" "$td")")")
+            echo "${rows[-1]}" >&2
+            unset tps lat cpu
+        done
+    done
+done
+stop_bouncer
+
+echo
+echo "pgbench, scale $SCALE, $DURATION s per run, median of $REPEAT, pool_size $POOL_SIZE," \
+    "pgbench -j <= $MAX_THREADS, $(nproc 2>/dev/null || echo '?') CPUs, $("$PGBOUNCER" --version 2>/dev/null | head -1)"
+printf '%-11s %-8s %5s %-11s | %9s %9s %9s | %7s %7s %7s | %7s %7s | %6s %6s\n' \
+    workload mode clients bouncer "TPS dir" "TPS bnc" "TPS rtr" "ms dir" "ms bnc" "ms rtr" \
+    "us/t bnc" "us/t rtr" "r/bnc" "r/dir"
+printf '%s\n' "${rows[@]}"
