@@ -150,14 +150,21 @@ for workload in $WORKLOADS; do
                 bouncer_mode=transaction
                 bouncer_size=$POOL_SIZE
             fi
-            start_bouncer "$bouncer_mode" "$bouncer_size"
             declare -A tps=() lat=() cpu=()
             for _ in $(seq 1 "$REPEAT"); do
                 for target in direct bouncer router; do
+                    # PgBouncer runs only for its own runs: a session pool keeps
+                    # its server connections, which direct runs need.
                     case $target in
                         direct) url=$DIRECT_URL pid= ;;
-                        bouncer) url=$BOUNCER_URL pid=$bouncer_pid ;;
-                        router) url=$ROUTER_URL pid=$demo_pid_router ;;
+                        bouncer)
+                            start_bouncer "$bouncer_mode" "$bouncer_size"
+                            url=$BOUNCER_URL pid=$bouncer_pid
+                            ;;
+                        router)
+                            stop_bouncer
+                            url=$ROUTER_URL pid=$demo_pid_router
+                            ;;
                     esac
                     echo "$workload -M $mode -c $clients: $target ..." >&2
                     before=0

@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     pub classifier: ClassifierCache,
     /// Causal keys' last write positions, shared by every session.
     pub keys: crate::consistency::CausalKeys,
+    /// Commit positions are learnt with a fastpath function call until a
+    /// server refuses it (then with a prepared statement).
+    pub capture_fastpath: std::sync::atomic::AtomicBool,
     pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     pub stats: Stats,
     next_pid: AtomicI32,
@@ -249,6 +252,7 @@ impl Router {
             topology,
             classifier: ClassifierCache::new(10_000),
             keys: crate::consistency::CausalKeys::default(),
+            capture_fastpath: std::sync::atomic::AtomicBool::new(true),
             cancels: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             replica_turn: AtomicUsize::new(0),

@@ -212,3 +212,41 @@ async fn temp_tables_pin_the_session_and_keep_working() {
     assert_eq!(count, 20);
     env.stop().await;
 }
+
+/// pgbench -M prepared prepares each statement with a blocking PQprepare on its
+/// one thread while its other clients hold the pool: preparing must not need a
+/// pooled primary connection, or everything waits for the checkout timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_with_more_clients_than_connections() {
+    use common::pgbench::{pgbench, pgbench_path, summarise};
+    let env = common::start_with(small_pools(2)).await;
+    let bin = pgbench_path();
+    let direct = env.cluster.dsn(env.cluster.primary());
+    let init: Vec<String> = ["-i", "-q", "-s", "1", &direct]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    pgbench(&bin, &init, Duration::from_secs(120)).await;
+    let args: Vec<String> = [
+        "-n",
+        "-M",
+        "prepared",
+        "-T",
+        "4",
+        "-c",
+        "20",
+        "-j",
+        "1",
+        &env.url(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = pgbench(&bin, &args, Duration::from_secs(60)).await;
+    let summary = summarise(
+        "pgbench tpcb-like -M prepared -c 20 through pool_size 2",
+        &out,
+    );
+    assert!(summary.transactions > 20, "{}", out.stdout);
+    env.stop().await;
+}

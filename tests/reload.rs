@@ -104,3 +104,48 @@ async fn sighup_reloads_the_config_file_without_dropping_clients() {
     let _ = std::fs::remove_dir_all(&dir);
     cluster.shutdown().await.unwrap();
 }
+
+/// A reload that changes the node list (a replica added, another removed, the
+/// order changed): from then on reads follow the new list, writes still reach
+/// the primary at its new position, and a connected client never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_the_node_list_routes_by_the_new_list() {
+    let env = common::start_with(|config| config.nodes.truncate(2)).await;
+    let client = env.client().await;
+    let replicas = env.replica_ports();
+    client
+        .batch_execute("CREATE TABLE r (a int)")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(common::server_port(&client, "").await, replicas[0]);
+    }
+
+    let mut config = common::base_config(&env.cluster);
+    let primary = config.nodes.remove(0);
+    config.nodes.retain(|n| n.port == replicas[1]);
+    config.nodes.push(primary);
+    env.handle.reload(config).unwrap();
+
+    // Once the new replica is measured, reads go there and never to the removed one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never settled on the new replica"
+        );
+        let port = common::server_port(&client, "").await;
+        in_a_row = if port == replicas[1] { in_a_row + 1 } else { 0 };
+    }
+    for _ in 0..50 {
+        assert_ne!(common::server_port(&client, "").await, replicas[0]);
+    }
+    client
+        .batch_execute("INSERT INTO r VALUES (1)")
+        .await
+        .unwrap();
+    let port = common::server_port(&client, "/* pgrouter: primary */ ").await;
+    assert_eq!(port, env.primary_port());
+    env.stop().await;
+}

@@ -81,8 +81,10 @@ async fn primary_corpus_never_reaches_a_replica() {
         "the classifier sent a write to a replica"
     );
 
-    // Reads report a replica.
+    // Reads report a replica (on a connection that has not written: this
+    // session's own reads wait for its writes' WAL, see tests/consistency.rs).
     env.wait_replicas().await;
+    let client = env.client().await;
     for sql in [
         "SELECT inet_server_port()",
         "select inet_server_port() from corpus limit 1",

@@ -154,6 +154,8 @@ impl Session {
             })?;
         let key = PoolKey {
             node,
+            host: addr.host.clone(),
+            port: addr.port,
             user: self.login.user.clone(),
             database: self.login.database.clone(),
             params: self.login.params.clone(),

@@ -60,7 +60,10 @@ pub(super) enum Need {
     /// (when the client still has one, the server's "already exists" error is the
     /// right answer and must not be hidden).
     Creates {
+        /// Its name on the server.
         name: String,
+        /// The client's name for it (forgotten again if the Parse fails).
+        client: String,
         hash: u64,
         stale_ok: bool,
     },
@@ -236,11 +239,12 @@ impl Session {
         let need = match tag {
             frontend_tag::PARSE => {
                 let (name, sql) = parse_message(frame.body()).map_err(bad)?;
+                // Only classified here: what it does counts when a Bind runs it
+                // (`statement_need`). A batch that only prepares statements
+                // needs no particular node (see `choose`).
                 let decision = self.shared.classifier.classify(sql);
-                self.batch.learn(&decision, sql);
                 let copy_in = may_copy_in(&decision, sql);
                 let freshness = freshness_hints(sql);
-                self.batch.merge_freshness(&freshness);
                 let hash = hash_bytes(parse_content(frame.body()).map_err(bad)?);
                 let name = name.to_owned();
                 let renamed = self.renames_statements() && !name.is_empty();
@@ -262,8 +266,9 @@ impl Session {
                     freshness,
                     copy_in,
                 };
-                self.statements.insert(name, Arc::new(statement));
+                self.statements.insert(name.clone(), Arc::new(statement));
                 Need::Creates {
+                    client: name,
                     name: server_name,
                     hash,
                     stale_ok,
@@ -377,7 +382,14 @@ impl Session {
             return PRIMARY;
         }
         if !batch.has_statement {
-            return self.last_slot;
+            // Only Parse/Describe/Close (e.g. libpq's PQprepare): any server can
+            // answer, so use one already attached rather than wait for a pooled
+            // primary connection (a client blocked in PQprepare while others hold
+            // the pool would otherwise deadlock with it).
+            return [self.last_slot, REPLICA, PRIMARY]
+                .into_iter()
+                .find(|&slot| self.servers[slot].is_some())
+                .unwrap_or(REPLICA);
         }
         REPLICA
     }

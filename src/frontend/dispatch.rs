@@ -24,7 +24,7 @@ impl Session {
         }
         let mut need = ReadNeed::default();
         let mut slot = slot;
-        if slot == REPLICA && self.open != Some(REPLICA) {
+        if slot == REPLICA && self.open != Some(REPLICA) && batch.has_statement {
             need = self.read_need(&batch);
             if need.primary == Some(consistency::UNCAPTURED) && self.capture_now().await {
                 need = self.read_need(&batch);
@@ -86,14 +86,19 @@ impl Session {
             return;
         };
         let mut last_mark = None;
+        let mut created = Vec::new();
         for (frame, need) in batch.frames {
             prepare_statement_for(attached, &need);
+            if let Need::Creates { name, client, .. } = need {
+                created.push((attached.sent_parse - 1, client, name));
+            }
             attached.conn.conn.out().extend_from_slice(&frame.raw);
             if matches!(
                 frame.tag,
                 frontend_tag::SYNC | frontend_tag::QUERY | frontend_tag::FUNCTION_CALL
             ) {
-                let mark = Mark::client(attached, frame.tag == frontend_tag::SYNC);
+                let mut mark = Mark::client(attached, frame.tag == frontend_tag::SYNC);
+                mark.created = std::mem::take(&mut created);
                 attached.marks.push_back(mark);
                 last_mark = Some(attached.marks.len() - 1);
             }
@@ -287,6 +292,7 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
             name,
             hash,
             stale_ok,
+            ..
         } => {
             if *stale_ok {
                 inject_close_if_present(attached, name);

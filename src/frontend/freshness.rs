@@ -11,6 +11,7 @@
 //! arrives right behind it, so a client that reads its token after the write
 //! (libpq's PQparameterStatus) always sees the new one.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::batch::{Batch, LocalAnswer};
@@ -28,6 +29,10 @@ const CAPTURE_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
 /// names never collide with it: pgrouter renames those in transaction mode,
 /// and a session-mode client would have to pick this very name).
 const CAPTURE_STATEMENT: &str = "pgrouter:commit_lsn";
+/// `pg_catalog.pg_current_wal_insert_lsn()`: built-in OIDs are fixed in
+/// PostgreSQL's catalog (this one since 10). Should a server disagree, the call
+/// fails once and pgrouter falls back to `CAPTURE_STATEMENT` for good.
+const CAPTURE_FUNCTION_OID: u32 = 2852;
 /// A replica's own replay position, when the snapshot is older than the write.
 const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()";
 /// How long pgrouter waits for its own small queries before giving up on the
@@ -174,17 +179,24 @@ impl Session {
         let Some(attached) = self.servers[PRIMARY].as_mut() else {
             return;
         };
-        // Prepared once per server connection: each capture is then a Bind and
-        // Execute, with no parse or plan on the server.
+        let fastpath = self.shared.capture_fastpath.load(Ordering::Relaxed);
         let conn = &mut attached.conn.conn;
-        if !conn.prepared.contains_key(CAPTURE_STATEMENT) {
+        if fastpath {
+            // A fastpath call runs the function with no parse, plan, portal or
+            // executor: the cheapest round on the server.
+            to_server::function_call(conn.out(), CAPTURE_FUNCTION_OID);
+        } else if !conn.prepared.contains_key(CAPTURE_STATEMENT) {
             if to_server::parse(conn.out(), CAPTURE_STATEMENT, CAPTURE_SQL).is_err() {
                 return;
             }
             conn.prepared.insert(CAPTURE_STATEMENT.to_owned(), 0);
             attached.sent_parse += 1;
         }
-        if to_server::execute_prepared(attached.conn.conn.out(), CAPTURE_STATEMENT).is_err() {
+        // Prepared once per server connection: each capture is then a Bind and
+        // Execute, with no parse or plan on the server.
+        if !fastpath
+            && to_server::execute_prepared(attached.conn.conn.out(), CAPTURE_STATEMENT).is_err()
+        {
             return;
         }
         if hold {
@@ -218,9 +230,15 @@ impl Session {
     /// the held ReadyForQuery.
     pub(super) fn finish_capture(&mut self, lsn: Option<u64>) {
         if lsn.is_none() {
-            // Prepare it again next time, in case the failure was the Parse.
+            // Prepare it again next time, in case the failure was the Parse; and
+            // a server that refuses the fastpath call gets the statement from now on.
             if let Some(attached) = self.servers[PRIMARY].as_mut() {
                 attached.conn.conn.prepared.remove(CAPTURE_STATEMENT);
+            }
+            if self.shared.capture_fastpath.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the fastpath commit-position call failed; using a prepared statement instead"
+                );
             }
         }
         // Without a held ReadyForQuery the batch left its transaction open, so

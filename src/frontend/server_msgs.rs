@@ -6,7 +6,7 @@ use super::session::{PRIMARY, Session};
 use crate::backend::BackendError;
 use crate::monitor::parse_lsn;
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::{error_fields, first_column_text};
+use crate::protocol::fields::{error_fields, first_column_text, function_result_text};
 use crate::protocol::{Frame, backend_tag, sqlstate, tx_status};
 
 impl Session {
@@ -71,6 +71,11 @@ impl Session {
                     mark.captured = first_column_text(frame.body()).and_then(parse_lsn);
                 }
             }
+            backend_tag::FUNCTION_CALL_RESPONSE => {
+                if let Some(mark) = attached.current_mark().filter(|m| m.captures) {
+                    mark.captured = function_result_text(frame.body()).and_then(parse_lsn);
+                }
+            }
             backend_tag::COPY_IN_RESPONSE => {
                 // The Sync that closed this extended batch reached the server in
                 // copy-in mode, where it is ignored: its mark completes with the
@@ -125,6 +130,15 @@ impl Session {
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
         }
+        // A client Parse never answered with ParseComplete failed or was skipped
+        // after an earlier error: no such statement exists, as on PostgreSQL.
+        let mut failed_parses = Vec::new();
+        for (index, client_name, server_name) in &mark.created {
+            if *index >= attached.seen_parse {
+                attached.conn.conn.prepared.remove(server_name);
+                failed_parses.push(client_name.clone());
+            }
+        }
         // Every Parse/Close sent before this Sync has been answered or skipped
         // (after an error the server skips to Sync), so counters resynchronise here.
         attached.seen_parse = mark.parse;
@@ -138,6 +152,9 @@ impl Session {
             index >= done
         });
         let idle = attached.is_idle();
+        for name in failed_parses {
+            self.statements.remove(&name);
+        }
         if !mark.internal {
             self.tx_status = status;
             if mark.began_tx {

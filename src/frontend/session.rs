@@ -50,6 +50,10 @@ pub(super) struct Mark {
     pub holds_ready: bool,
     /// Send the commit-position query when this completes (after a COPY).
     pub capture_after: bool,
+    /// Client Parses in this batch: (index among the connection's Parses,
+    /// client name, server name). One the server skipped or refused leaves no
+    /// statement behind, so the client's name is forgotten (see `on_ready`).
+    pub created: Vec<(u64, String, String)>,
     /// pgrouter's own commit-position query (internal), and what it returned.
     pub captures: bool,
     pub captured: Option<u64>,
@@ -68,6 +72,7 @@ impl Mark {
             extended,
             holds_ready: false,
             capture_after: false,
+            created: Vec::new(),
             captures: false,
             captured: None,
         }

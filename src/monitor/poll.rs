@@ -44,6 +44,8 @@ struct Probe {
 /// Everything the monitor remembers between rounds.
 #[derive(Default)]
 pub(crate) struct MonitorState {
+    /// The node addresses the probes below were made for, in config order.
+    addresses: Vec<(String, u16)>,
     probes: Vec<Probe>,
     history: LsnHistory,
     newest_timeline: u32,
@@ -89,6 +91,27 @@ pub(crate) async fn poll_once(
     topology: &TopologyHandle,
     state: &mut MonitorState,
 ) {
+    // A reload that changed the node list (added, removed, moved or re-addressed
+    // nodes) starts measuring afresh: probes and histories are by position.
+    let addresses: Vec<(String, u16)> = config
+        .nodes
+        .iter()
+        .map(|n| (n.host.clone(), n.port))
+        .collect();
+    if state.addresses != addresses {
+        if !state.addresses.is_empty() {
+            tracing::info!(
+                nodes = addresses.len(),
+                "node list changed; measuring it afresh"
+            );
+        }
+        // The newest timeline seen stays: it fences demoted primaries whatever
+        // the list looks like.
+        state.addresses = addresses;
+        state.probes.clear();
+        state.history = LsnHistory::default();
+        state.last_primary = None;
+    }
     state.probes.resize_with(config.nodes.len(), Probe::default);
     let timeout = config.pool.connect_timeout.min(Duration::from_secs(2));
     let now = Instant::now();

@@ -41,6 +41,10 @@ pub enum PoolError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub node: usize,
+    /// The node's address when the key was made: after a reload that changes the
+    /// node list, position `node` may be another server, which gets a pool of its own.
+    pub host: String,
+    pub port: u16,
     pub user: String,
     pub database: String,
     pub params: Vec<(String, String)>,

@@ -216,6 +216,23 @@ pub mod to_server {
         Ok(())
     }
 
+    /// A fastpath FunctionCall of the argument-less function `oid`, text
+    /// result, followed by Sync.
+    pub fn function_call(buf: &mut BytesMut, oid: u32) {
+        let mut body = Vec::with_capacity(10);
+        body.extend_from_slice(&oid.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes()); // no argument format codes
+        body.extend_from_slice(&0i16.to_be_bytes()); // no arguments
+        body.extend_from_slice(&0i16.to_be_bytes()); // result in text
+        buf.extend_from_slice(
+            &crate::protocol::Frame::from_parts(
+                crate::protocol::frontend_tag::FUNCTION_CALL,
+                &body,
+            )
+            .raw,
+        );
+    }
+
     /// Parse of a named statement without declared parameter types.
     pub fn parse(buf: &mut BytesMut, name: &str, sql: &str) -> std::io::Result<()> {
         frontend::parse(name, sql, [], buf)

@@ -128,6 +128,13 @@ pub fn execute_message(body: &[u8]) -> Result<&str, FieldError> {
 }
 
 /// ParameterStatus: name and value.
+/// The value of a FunctionCallResponse as text (None for NULL or malformed).
+pub fn function_result_text(body: &[u8]) -> Option<&str> {
+    let mut reader = Fields::new(body, "FunctionCallResponse");
+    let len = usize::try_from(reader.i32().ok()?).ok()?;
+    std::str::from_utf8(reader.take(len).ok()?).ok()
+}
+
 /// The first column of a DataRow as text (None for NULL or a malformed row).
 pub fn first_column_text(body: &[u8]) -> Option<&str> {
     let mut reader = Fields::new(body, "DataRow");

@@ -57,6 +57,7 @@ pub mod backend_tag {
     pub const PARAMETER_DESCRIPTION: u8 = b't';
     pub const NO_DATA: u8 = b'n';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
 }
 
 /// Transaction status bytes in ReadyForQuery.

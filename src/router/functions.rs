@@ -102,6 +102,9 @@ pub(crate) struct Scan {
     pub(crate) denied_function: bool,
     /// A call to `set_config`: changes session state.
     pub(crate) sets_config: bool,
+    /// A session-level advisory lock (`pg_advisory_lock`, not the `_xact_`
+    /// ones): it outlives the transaction, so the session keeps its connection.
+    pub(crate) session_lock: bool,
     /// `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE` at any depth.
     pub(crate) locking: bool,
     /// A keyword that only appears in writes (INSERT, INTO, ...): used to
@@ -171,6 +174,7 @@ pub(crate) fn scan(sig: &[&Token], policy: &FunctionPolicy) -> Scan {
         if next == Some(&Token::LParen) && is_denied(&word.value) {
             scan.denied_function = true;
             scan.sets_config |= word.value.eq_ignore_ascii_case("set_config");
+            scan.session_lock |= is_session_advisory_lock(&word.value);
         }
         if after_select_into && word.value.eq_ignore_ascii_case("pg_temp") {
             scan.into_temp = true;
@@ -203,6 +207,17 @@ pub(crate) fn scan(sig: &[&Token], policy: &FunctionPolicy) -> Scan {
     scan
 }
 
+/// `pg_advisory_lock`, `pg_try_advisory_lock_shared`, ... but not the
+/// transaction-scoped `_xact_` ones nor the unlock functions.
+fn is_session_advisory_lock(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let name = name
+        .strip_prefix("pg_try_")
+        .or(name.strip_prefix("pg_"))
+        .unwrap_or("");
+    name.starts_with("advisory_lock") && !name.contains("xact")
+}
+
 /// Whether `token` is the unquoted word sqlparser knows as keyword `kw`.
 pub(crate) fn is_keyword(token: &Token, kw: Keyword) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.keyword == kw)
@@ -226,6 +241,9 @@ impl Scan {
             verdict.route = Route::Primary;
             verdict.session = SessionEffect::PinPrimary;
             verdict.hint = HintPolicy::RefuseWrite;
+        }
+        if self.session_lock {
+            verdict.session = SessionEffect::PinPrimary;
         }
         if self.sets_config && verdict.session == SessionEffect::None {
             verdict.session = SessionEffect::SetsState;
