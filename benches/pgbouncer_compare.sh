@@ -160,6 +160,9 @@ for workload in $WORKLOADS; do
                         bouncer)
                             start_bouncer "$bouncer_mode" "$bouncer_size"
                             url=$BOUNCER_URL pid=$bouncer_pid
+                            # Unmeasured warm-up: a fresh session pool would
+                            # otherwise open its server connections during the run.
+                            DURATION=2 run_once "$url" select-only "$mode" "$clients" >/dev/null
                             ;;
                         router)
                             stop_bouncer

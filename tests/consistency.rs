@@ -96,6 +96,23 @@ async fn causal_and_pin_never_read_stale_on_one_connection_and_none_does() {
     env.stop().await;
 }
 
+/// The same guarantee when clients keep their server connections (session pooling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_holds_in_session_pooling_too() {
+    let env = common::start_with(|config| {
+        unreachable_lag_limits(config);
+        config.pool.mode = pgrouter::config::PoolMode::Session;
+    })
+    .await;
+    let causal = check(&env, Pattern::SameConnection, None, Duration::ZERO, true).await;
+    assert_eq!(causal.stale, 0);
+    assert!(
+        causal.replica_share() > 0.0,
+        "some reads still reach replicas"
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_keys_carry_read_your_writes_across_connections() {
     let env = common::start_with(unreachable_lag_limits).await;

@@ -290,6 +290,8 @@ impl ServerConn {
     /// Runs a simple query and returns its first row's first column as text
     /// (None for no row or NULL). Fails if the server reported an error.
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        // A simple Query drops the server's unnamed statement.
+        self.prepared.remove("");
         to_server::query(&mut self.out, sql).map_err(|e| self.protocol(e.to_string()))?;
         self.flush().await?;
         let mut failure = None;

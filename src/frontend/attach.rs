@@ -29,6 +29,7 @@ impl Session {
             }
         }
         self.detach(PRIMARY).await;
+        self.release_other_if_idle(PRIMARY).await;
         let conn = self.checkout(primary).await?;
         self.servers[PRIMARY] = Some(attach(conn));
         Ok(())
@@ -122,6 +123,7 @@ impl Session {
             return false;
         };
         self.detach(REPLICA).await;
+        self.release_other_if_idle(REPLICA).await;
         match self.checkout(node).await {
             Ok(conn) => {
                 self.servers[REPLICA] = Some(attach(conn));

@@ -108,10 +108,10 @@ impl Batch {
         self.has_statement = true;
         if decision.route == Route::Primary {
             self.needs_primary = true;
-            if is_write(decision) {
-                self.writes = true;
-                self.copy_in |= may_copy_in(decision, text);
-            }
+        }
+        if decision.writes {
+            self.writes = true;
+            self.copy_in |= may_copy_in(decision, text);
         }
         match decision.tx {
             TxEffect::Begin { read_only } => {
@@ -154,17 +154,11 @@ impl Batch {
     }
 }
 
-/// The classifier sends it to the primary for what it does, not for session
-/// or transaction control (SET, BEGIN, COMMIT are not writes).
-fn is_write(decision: &Decision) -> bool {
-    decision.route == Route::Primary
-        && decision.session == SessionEffect::None
-        && decision.tx == TxEffect::None
-}
-
-/// A write that may start COPY FROM STDIN.
+/// A write that may start COPY FROM STDIN (also inside a multi-statement text).
 fn may_copy_in(decision: &Decision, text: &str) -> bool {
-    is_write(decision) && crate::router::hints::starts_with_word(text, "copy")
+    decision.writes
+        && (crate::router::hints::starts_with_word(text, "copy")
+            || (text.contains(';') && text.to_ascii_lowercase().contains("copy")))
 }
 
 fn bad(err: impl std::fmt::Display) -> SessionError {
@@ -252,7 +246,7 @@ impl Session {
                 // its history, so an existing one may always be replaced.
                 let stale_ok = renamed || !self.statements.contains_key(&name);
                 let server_name = if renamed {
-                    let server_name = format!("pgr_{hash:016x}");
+                    let server_name = format!("{}{hash:016x}", super::dispatch::SERVER_NAME_PREFIX);
                     frame = with_statement_name(&frame, &server_name).map_err(bad)?;
                     server_name
                 } else {

@@ -10,6 +10,9 @@ use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{backend_tag, frontend_tag, sqlstate, tx_status};
 
+/// Prefix of the server-side names of client statements in transaction pooling.
+pub(super) const SERVER_NAME_PREFIX: &str = "pgr_";
+
 /// Past this many remembered session-state statements the session is pinned to
 /// the primary instead of replaying an ever longer log on every new connection.
 const MAX_SESSION_LOG: usize = 256;
@@ -24,7 +27,8 @@ impl Session {
         }
         let mut need = ReadNeed::default();
         let mut slot = slot;
-        if slot == REPLICA && self.open != Some(REPLICA) && batch.has_statement {
+        let in_tx = self.tx_status != tx_status::IDLE || self.tx_pending;
+        if slot == REPLICA && self.open != Some(REPLICA) && batch.has_statement && !in_tx {
             need = self.read_need(&batch);
             if need.primary == Some(consistency::UNCAPTURED) && self.capture_now().await {
                 need = self.read_need(&batch);
@@ -88,9 +92,20 @@ impl Session {
         let mut last_mark = None;
         let mut created = Vec::new();
         for (frame, need) in batch.frames {
+            let parses_before = attached.sent_parse;
             prepare_statement_for(attached, &need);
-            if let Need::Creates { name, client, .. } = need {
-                created.push((attached.sent_parse - 1, client, name));
+            match need {
+                Need::Creates { name, client, .. } => {
+                    created.push((attached.sent_parse - 1, Some(client), name));
+                }
+                Need::Statement(name, _) if attached.sent_parse > parses_before => {
+                    created.push((attached.sent_parse - 1, None, name));
+                }
+                _ => {}
+            }
+            // A simple Query drops the server's unnamed statement.
+            if frame.tag == frontend_tag::QUERY {
+                attached.conn.conn.prepared.remove("");
             }
             attached.conn.conn.out().extend_from_slice(&frame.raw);
             if matches!(
@@ -228,6 +243,8 @@ impl Session {
 
 /// Sends a query whose answers are swallowed.
 fn send_internal(attached: &mut Attached, sql: &str) {
+    // A simple Query drops the server's unnamed statement.
+    attached.conn.conn.prepared.remove("");
     if let Err(err) = to_server::query(attached.conn.conn.out(), sql) {
         tracing::warn!(%err, "session state could not be replayed");
         return;
@@ -309,8 +326,12 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
 
 /// A named statement left on this connection from before the client closed or
 /// replaced it elsewhere must go before the client's Parse re-creates it.
+/// pgrouter's own server-side names (`pgr_...`, transaction pooling) are
+/// closed even when not known to be there: a Close the server skipped after an
+/// error may have left one behind, and closing a missing statement is no error.
 fn inject_close_if_present(attached: &mut Attached, name: &str) {
-    if name.is_empty() || !attached.conn.conn.prepared.contains_key(name) {
+    let known = attached.conn.conn.prepared.contains_key(name);
+    if name.is_empty() || !(known || name.starts_with(SERVER_NAME_PREFIX)) {
         return;
     }
     if to_server::close_statement(attached.conn.conn.out(), name).is_ok() {

@@ -217,7 +217,14 @@ impl Session {
         }
         if mark.holds_ready && status == tx_status::IDLE {
             self.held_ready = Some((frame, mark.had_error));
-        } else if mark.capture_after && status == tx_status::IDLE && self.wants_capture() {
+        } else if mark.capture_after
+            && status == tx_status::IDLE
+            && self.wants_capture()
+            && self.servers[PRIMARY].as_ref().is_some_and(|a| a.is_idle())
+        {
+            // Only with nothing else in flight behind it: otherwise the
+            // capture would queue behind (and answer after) later batches;
+            // the next capture covers this write then.
             self.held_ready = Some((frame, mark.had_error));
             self.send_capture(false);
         } else {

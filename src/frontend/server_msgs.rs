@@ -136,7 +136,9 @@ impl Session {
         for (index, client_name, server_name) in &mark.created {
             if *index >= attached.seen_parse {
                 attached.conn.conn.prepared.remove(server_name);
-                failed_parses.push(client_name.clone());
+                if let Some(client_name) = client_name {
+                    failed_parses.push((client_name.clone(), server_name.clone()));
+                }
             }
         }
         // Every Parse/Close sent before this Sync has been answered or skipped
@@ -152,8 +154,15 @@ impl Session {
             index >= done
         });
         let idle = attached.is_idle();
-        for name in failed_parses {
-            self.statements.remove(&name);
+        for (client_name, server_name) in failed_parses {
+            // Unless the client has since prepared another statement by that name.
+            if self
+                .statements
+                .get(&client_name)
+                .is_some_and(|s| s.server_name == server_name)
+            {
+                self.statements.remove(&client_name);
+            }
         }
         if !mark.internal {
             self.tx_status = status;

@@ -53,7 +53,8 @@ pub(super) struct Mark {
     /// Client Parses in this batch: (index among the connection's Parses,
     /// client name, server name). One the server skipped or refused leaves no
     /// statement behind, so the client's name is forgotten (see `on_ready`).
-    pub created: Vec<(u64, String, String)>,
+    /// Injected re-Parses are listed too (client name None).
+    pub created: Vec<(u64, Option<String>, String)>,
     /// pgrouter's own commit-position query (internal), and what it returned.
     pub captures: bool,
     pub captured: Option<u64>,
@@ -471,11 +472,35 @@ impl Session {
             self.open = None;
         }
         if reusable {
+            // A pinned session left state DISCARD ALL must clear (temp tables,
+            // LISTEN, advisory locks, held cursors) whatever the pool mode.
             let how = match self.pool_mode {
-                PoolMode::Session => Release::Reset,
-                PoolMode::Transaction => Release::AsIs,
+                PoolMode::Transaction if !self.pinned => Release::AsIs,
+                _ => Release::Reset,
             };
             attached.conn.release(how).await;
+        }
+    }
+
+    /// Transaction pooling: before waiting for a connection of one kind, gives
+    /// back an idle one of the other kind, so two sessions never each hold one
+    /// kind while waiting for the other (a pool deadlock until checkout_timeout).
+    pub(super) async fn release_other_if_idle(&mut self, wanted: usize) {
+        let other = if wanted == PRIMARY { REPLICA } else { PRIMARY };
+        let idle = self.servers[other]
+            .as_ref()
+            .is_some_and(|a| a.is_idle() && a.conn.conn.tx_status == tx_status::IDLE);
+        let releasable = self.pool_mode == PoolMode::Transaction
+            && !self.pinned
+            && idle
+            && self.tx_status == tx_status::IDLE
+            && !self.tx_pending
+            && self.open != Some(other)
+            && self.active != Some(other)
+            && self.retry.as_ref().is_none_or(|r| r.slot != other)
+            && (other == REPLICA || self.held_ready.is_none());
+        if releasable {
+            self.detach(other).await;
         }
     }
 

@@ -289,6 +289,13 @@ fn expire_idle(slot: &Slot, settings: &PoolSettings) {
 
 async fn top_up(slot: &Arc<Slot>, template: &Template, settings: &PoolSettings) {
     while slot.idle().len() < settings.min_idle {
+        // Idle connections hold no permit: keep idle + checked out within pool_size.
+        let in_use = settings
+            .pool_size
+            .saturating_sub(slot.permits.available_permits());
+        if slot.idle().len() + in_use >= settings.pool_size {
+            return;
+        }
         let Ok(permit) = slot.permits.clone().try_acquire_owned() else {
             return;
         };

@@ -108,6 +108,10 @@ pub struct Decision {
     /// because the classifier knows the text writes or changes session or
     /// transaction state; `route` is then Primary.
     pub hint_refused: bool,
+    /// It may write (a statement needs the primary for what it does, not only
+    /// for transaction control or session state): read-your-writes tracks it.
+    /// A `/* pgrouter: primary */` hint on a read makes it count too.
+    pub writes: bool,
 }
 
 /// Classifies one statement text (simple Query or Parse) with no catalog
@@ -148,6 +152,8 @@ pub(crate) struct Verdict {
     pub(crate) tx: TxEffect,
     pub(crate) session: SessionEffect,
     pub(crate) hint: HintPolicy,
+    /// Combined verdicts: an earlier statement was a write (see `is_write`).
+    pub(crate) wrote: bool,
 }
 
 impl Verdict {
@@ -159,6 +165,7 @@ impl Verdict {
             tx: TxEffect::None,
             session: SessionEffect::None,
             hint,
+            wrote: false,
         }
     }
 
@@ -170,6 +177,7 @@ impl Verdict {
             tx: TxEffect::None,
             session: SessionEffect::None,
             hint: HintPolicy::Allow,
+            wrote: false,
         }
     }
 
@@ -207,7 +215,18 @@ impl Verdict {
             },
             session: strongest_session(self.session, next.session),
             hint: self.hint.max(next.hint),
+            wrote: self.is_write() || next.is_write(),
         }
+    }
+
+    /// It may write: some statement needs the primary for what it does, not
+    /// for transaction control or session state (BEGIN, COMMIT, SET are not writes;
+    /// `BEGIN; UPDATE ...; COMMIT` is).
+    fn is_write(&self) -> bool {
+        self.wrote
+            || (self.route == Route::Primary
+                && self.tx == TxEffect::None
+                && self.session == SessionEffect::None)
     }
 
     fn into_decision(self, hint: Option<Hint>) -> Decision {
@@ -217,11 +236,14 @@ impl Verdict {
             tx: self.tx,
             session: self.session,
             hint_refused: false,
+            writes: self.is_write(),
         };
         match (hint, self.hint) {
             (Some(Hint::Primary), _) if decision.route != Route::Primary => {
                 decision.route = Route::Primary;
                 decision.reason = "hint: primary";
+                decision.writes =
+                    decision.tx == TxEffect::None && decision.session == SessionEffect::None;
             }
             (Some(Hint::Replica), HintPolicy::Allow) if decision.route != Route::Replica => {
                 decision.route = Route::Replica;
