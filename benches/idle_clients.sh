@@ -70,8 +70,8 @@ rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 # Logs N connections in (startup packet, trust), checks each reaches
 # ReadyForQuery, then holds them until stdin closes.
-hold_idle() {
-    python3 - "$1" "$N" <<'PY'
+# (The script is an argument: stdin is the coprocess pipe that says when to stop.)
+IDLE_CLIENTS_PY=$(cat <<'PY'
 import asyncio, struct, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 def startup():
@@ -96,6 +96,9 @@ async def main():
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 asyncio.run(main())
 PY
+)
+hold_idle() {
+    python3 -c "$IDLE_CLIENTS_PY" "$1" "$N"
 }
 
 measure() {

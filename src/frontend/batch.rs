@@ -358,7 +358,9 @@ impl Session {
         if self.must_wait(slot, &batch) {
             self.ready.push_back((slot, batch, ends_sync));
         } else {
-            self.dispatch(slot, batch, ends_sync).await;
+            // Boxed: the session's own future stays small (memory per idle
+            // client), the deep connect/checkout states live only while used.
+            Box::pin(self.dispatch(slot, batch, ends_sync)).await;
         }
     }
 

@@ -81,7 +81,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     // A client that stalls before logging in is dropped, as PostgreSQL does with
     // authentication_timeout, so half-open connections cannot pile up.
     let limit = shared.config.load().limits.startup_timeout;
-    let logged_in = match tokio::time::timeout(limit, log_in(stream, shared)).await {
+    let logged_in = match tokio::time::timeout(limit, Box::pin(log_in(stream, shared))).await {
         Ok(result) => result?,
         Err(_) => {
             return Err(SessionError::ClientProtocol(format!(

@@ -261,7 +261,7 @@ impl Session {
             let _ = self.flush_client().await;
             return Ok(());
         }
-        if let Err(err) = self.attach_primary().await {
+        if let Err(err) = Box::pin(self.attach_primary()).await {
             self.refuse(&err);
             let _ = self.flush_client().await;
             return Err(err.into());
@@ -328,7 +328,7 @@ impl Session {
                     self.ready.push_front((slot, batch, ends_sync));
                     break;
                 }
-                self.dispatch(slot, batch, ends_sync).await;
+                Box::pin(self.dispatch(slot, batch, ends_sync)).await;
             }
             while self.ready.is_empty() {
                 let frame = match self.client_in.try_next() {
@@ -352,7 +352,7 @@ impl Session {
                     Err(err) => return Err(err),
                 }
             }
-            self.release_idle().await;
+            Box::pin(self.release_idle()).await;
             self.flush_all().await?;
             match self.wait().await {
                 Event::Client(Ok(0)) => return Ok(()),
