@@ -19,7 +19,7 @@ use super::batch::{Batch, Statement};
 use crate::backend::{BackendError, CancelTarget, Login};
 use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
-use crate::pool::{PoolError, PooledConn, Release};
+use crate::pool::{PoolError, PooledConn};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
@@ -452,83 +452,6 @@ impl Session {
             .and_then(|s| self.servers[s].as_ref())
             .map(|a| a.cancel.clone());
         *self.cancel_slot.lock().unwrap_or_else(|p| p.into_inner()) = target;
-    }
-
-    /// Gives a connection back: to its pool when it is clean, else closed.
-    pub(super) async fn detach(&mut self, slot: usize) {
-        let Some(attached) = self.servers[slot].take() else {
-            return;
-        };
-        if self.active == Some(slot) {
-            self.set_active(None);
-        }
-        // A connection with answers outstanding, a batch not yet closed by Sync
-        // (after an error the server ignores everything up to Sync, so a reset would
-        // hang), or an open transaction is closed instead of reused.
-        let reusable = attached.is_idle()
-            && self.open != Some(slot)
-            && attached.conn.conn.tx_status == tx_status::IDLE;
-        if self.open == Some(slot) {
-            self.open = None;
-        }
-        if reusable {
-            // A pinned session left state DISCARD ALL must clear (temp tables,
-            // LISTEN, advisory locks, held cursors) whatever the pool mode.
-            let how = match self.pool_mode {
-                PoolMode::Transaction if !self.pinned => Release::AsIs,
-                _ => Release::Reset,
-            };
-            attached.conn.release(how).await;
-        }
-    }
-
-    /// Transaction pooling: before waiting for a connection of one kind, gives
-    /// back an idle one of the other kind, so two sessions never each hold one
-    /// kind while waiting for the other (a pool deadlock until checkout_timeout).
-    pub(super) async fn release_other_if_idle(&mut self, wanted: usize) {
-        let other = if wanted == PRIMARY { REPLICA } else { PRIMARY };
-        let idle = self.servers[other]
-            .as_ref()
-            .is_some_and(|a| a.is_idle() && a.conn.conn.tx_status == tx_status::IDLE);
-        let releasable = self.pool_mode == PoolMode::Transaction
-            && !self.pinned
-            && idle
-            && self.tx_status == tx_status::IDLE
-            && !self.tx_pending
-            && self.open != Some(other)
-            && self.active != Some(other)
-            && self.retry.as_ref().is_none_or(|r| r.slot != other)
-            && (other == REPLICA || self.held_ready.is_none());
-        if releasable {
-            self.detach(other).await;
-        }
-    }
-
-    /// Transaction pooling: gives back every server connection the session does
-    /// not need right now, i.e. when it is between transactions with nothing in
-    /// flight, queued or held. Pinned sessions keep theirs.
-    pub(super) async fn release_idle(&mut self) {
-        if self.pool_mode != PoolMode::Transaction
-            || self.pinned
-            || self.tx_status != tx_status::IDLE
-            || self.tx_pending
-            || self.open.is_some()
-            || self.active.is_some()
-            || !self.ready.is_empty()
-            || self.retry.is_some()
-            || self.held_ready.is_some()
-            || !self.batch.frames.is_empty()
-        {
-            return;
-        }
-        for slot in [PRIMARY, REPLICA] {
-            let idle = self.servers[slot]
-                .as_ref()
-                .is_some_and(|a| a.is_idle() && a.conn.conn.tx_status == tx_status::IDLE);
-            if idle {
-                self.detach(slot).await;
-            }
-        }
     }
 
     async fn finish(&mut self) {
