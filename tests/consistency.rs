@@ -174,6 +174,25 @@ async fn causal_keeps_reads_on_replicas_and_pin_does_not() {
     env.stop().await;
 }
 
+/// With `causal_wait`, a read issued right after its write waits for a replica
+/// to replay it instead of going to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_wait_lets_immediate_reads_wait_for_a_replica() {
+    let env = common::start_with(|config| {
+        config.consistency.causal_wait = Duration::from_millis(200);
+    })
+    .await;
+    env.wait_replicas().await;
+    let report = check(&env, Pattern::SameConnection, None, Duration::ZERO, false).await;
+    assert_eq!(report.stale, 0);
+    assert!(
+        report.replica_share() >= 0.9,
+        "with causal_wait, {:.1}% of immediate reads were served by replicas",
+        report.replica_share() * 100.0
+    );
+    env.stop().await;
+}
+
 /// The extended protocol (tokio-postgres prepares every statement): the
 /// session's floor and a key in a prepared statement's text apply to each
 /// execution, while both replicas are paused.
