@@ -4,7 +4,7 @@
 # mode) on the local demo cluster, and prints each proxy's resident memory
 # before and after, and the difference per connection. Needs python3 (the
 # client side: one asyncio process holding all connections) and PgBouncer
-# (installed from Debian's package by benches/pgbouncer_compare.sh, or by hand).
+# (installed from Debian's package when missing).
 #
 #   benches/idle_clients.sh              # 10,000 connections
 #   N=2000 benches/idle_clients.sh
@@ -20,8 +20,6 @@ DB_USER=pgrouter
 DB_PASSWORD=pgrouter
 ROUTER_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$ROUTER_PORT/postgres"
 DIRECT_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$CLUSTER_PORT/postgres"
-PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-[ -x "$PGBOUNCER" ] || { echo "pgbouncer not installed (apt-get install pgbouncer)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
@@ -41,30 +39,11 @@ DEMO_ARGS="--config $config"
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 
-bouncer_dir=$(mktemp -d)
-chmod 755 "$bouncer_dir"
-run_as=()
-if [ "$(id -u)" -eq 0 ]; then run_as=(runuser -u postgres --); chown postgres "$bouncer_dir"; fi
-cat >"$bouncer_dir/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$CLUSTER_PORT dbname=postgres user=$DB_USER password=$DB_PASSWORD
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $bouncer_dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = $((N + 100))
-logfile = $bouncer_dir/pgbouncer.log
-pidfile = $bouncer_dir/pgbouncer.pid
-INI
-printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$bouncer_dir/userlist.txt"
-"${run_as[@]}" sh -c "ulimit -n $((N + 1000)); exec $PGBOUNCER -d $bouncer_dir/pgbouncer.ini" >/dev/null 2>&1
-for _ in $(seq 1 50); do [ -s "$bouncer_dir/pgbouncer.pid" ] && break; sleep 0.1; done
-bouncer_pid=$(cat "$bouncer_dir/pgbouncer.pid")
-trap 'status=$?; kill "$bouncer_pid" 2>/dev/null; rm -rf "$bouncer_dir" "$config"; (exit $status); cleanup' EXIT
+rm -f "$config" # read by the demo at start-up
+# shellcheck source=benches/bouncer.sh
+. benches/bouncer.sh
+ensure_pgbouncer
+start_bouncer transaction 20 "$((N + 100))"
 
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 

@@ -46,69 +46,12 @@ BOUNCER_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$BOUNCER_PORT/postgres"
 
 cd "$(dirname "$0")/.."
 
-# PgBouncer, from Debian's package when missing (its service is not started).
-PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-if [ ! -x "$PGBOUNCER" ]; then
-    echo "installing pgbouncer (Debian package) ..." >&2
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
-    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo_cmd chmod +x /usr/sbin/policy-rc.d
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq pgbouncer >/dev/null
-    $sudo_cmd rm -f /usr/sbin/policy-rc.d
-    PGBOUNCER=/usr/sbin/pgbouncer
-fi
-
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 
-# PgBouncer will not run as root: run it as the cluster's system user then.
-bouncer_dir=$(mktemp -d)
-chmod 755 "$bouncer_dir"
-run_as=()
-if [ "$(id -u)" -eq 0 ]; then
-    run_as=(runuser -u postgres --)
-    chown postgres "$bouncer_dir"
-fi
-bouncer_pid=
-stop_bouncer() {
-    if [ -n "$bouncer_pid" ]; then
-        kill "$bouncer_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$bouncer_pid" 2>/dev/null || break; sleep 0.1; done
-        bouncer_pid=
-    fi
-}
-trap 'status=$?; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
-
-# Starts PgBouncer in pool mode $1 with pool size $2.
-start_bouncer() {
-    local mode=$1 size=$2
-    stop_bouncer
-    cat >"$bouncer_dir/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$CLUSTER_PORT dbname=postgres user=$DB_USER password=$DB_PASSWORD
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $bouncer_dir/userlist.txt
-pool_mode = $mode
-default_pool_size = $size
-max_client_conn = 5000
-max_db_connections = 0
-logfile = $bouncer_dir/pgbouncer.log
-pidfile = $bouncer_dir/pgbouncer.pid
-ignore_startup_parameters = extra_float_digits
-INI
-    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$bouncer_dir/userlist.txt"
-    rm -f "$bouncer_dir/pgbouncer.pid"
-    "${run_as[@]}" "$PGBOUNCER" -d "$bouncer_dir/pgbouncer.ini" >/dev/null 2>&1 ||
-        die "pgbouncer did not start: $(tail -5 "$bouncer_dir/pgbouncer.log" 2>/dev/null)"
-    for _ in $(seq 1 50); do [ -s "$bouncer_dir/pgbouncer.pid" ] && break; sleep 0.1; done
-    bouncer_pid=$(cat "$bouncer_dir/pgbouncer.pid")
-}
+# shellcheck source=benches/bouncer.sh
+. benches/bouncer.sh
+ensure_pgbouncer
 
 # user+system CPU ticks of a process.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -66,7 +66,8 @@ impl Session {
         let stale_after = config.measurement_stale_after();
         let topology = self.shared.topology.load_full();
         if let Some(attached) = &self.servers[REPLICA] {
-            if self.verdict(attached.conn.conn.node, need) == Some(Verdict::Serves) {
+            let node = attached.conn.conn.node;
+            if self.verdict(&topology, stale_after, node, need) == Some(Verdict::Serves) {
                 return Ok(true);
             }
         }
@@ -78,7 +79,7 @@ impl Session {
                 weight: config.nodes.get(node).map_or(1, |n| n.weight),
                 outstanding: self.shared.outstanding(node),
             };
-            match self.verdict(node, need) {
+            match self.verdict(&topology, stale_after, node, need) {
                 Some(Verdict::Serves) => serving.push(candidate),
                 Some(Verdict::Behind { min_lsn }) => behind.push((candidate, min_lsn)),
                 _ => {}

@@ -18,7 +18,7 @@ use super::batch::{Batch, LocalAnswer};
 use super::session::{Mark, PRIMARY, REPLICA, Session};
 use crate::config::ConsistencyMode;
 use crate::consistency::{self, ReadNeed, Verdict, format_lsn};
-use crate::monitor::parse_lsn;
+use crate::monitor::{Topology, parse_lsn};
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{Frame, sqlstate, tx_status};
 
@@ -65,10 +65,14 @@ impl Session {
     /// How `node` stands for `need`, from the snapshot and what this session
     /// read itself; None when it is no live replica. A replica whose replay is
     /// paused is not worth a fresh look: it cannot have caught up.
-    pub(super) fn verdict(&self, node: usize, need: &ReadNeed) -> Option<Verdict> {
-        let config = self.shared.config.load();
-        let stale_after = config.measurement_stale_after();
-        let topology = self.shared.topology.load();
+    /// The caller loads the snapshot once for all the nodes it judges.
+    pub(super) fn verdict(
+        &self,
+        topology: &Topology,
+        stale_after: Duration,
+        node: usize,
+        need: &ReadNeed,
+    ) -> Option<Verdict> {
         if !topology.replica_live(node, stale_after) {
             return None;
         }
@@ -92,9 +96,11 @@ impl Session {
 
     /// Whether the attached replica may serve `need` without asking it.
     pub(super) fn replica_serves(&self, need: &ReadNeed) -> bool {
+        let stale_after = self.shared.config.load().measurement_stale_after();
+        let topology = self.shared.topology.load();
         self.servers[REPLICA]
             .as_ref()
-            .and_then(|a| self.verdict(a.conn.conn.node, need))
+            .and_then(|a| self.verdict(&topology, stale_after, a.conn.conn.node, need))
             == Some(Verdict::Serves)
     }
 
