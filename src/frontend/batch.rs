@@ -270,14 +270,14 @@ impl Session {
             }
             frontend_tag::BIND => {
                 let (_portal, name) = bind_message(frame.body()).map_err(bad)?;
-                let need = self.statement_need(name);
+                let need = self.statement_need(name, true);
                 self.rename_for(&mut frame, &need)?;
                 need
             }
             frontend_tag::DESCRIBE => {
                 let (kind, name) = target_message(frame.body(), "Describe").map_err(bad)?;
                 if kind == target_kind::STATEMENT {
-                    let need = self.statement_need(name);
+                    let need = self.statement_need(name, false);
                     self.rename_for(&mut frame, &need)?;
                     need
                 } else {
@@ -331,10 +331,16 @@ impl Session {
         Ok(())
     }
 
-    fn statement_need(&mut self, name: &str) -> Need {
+    /// What a message using statement `name` needs on its connection. Only a
+    /// Bind (`runs`) makes the batch do what the statement does: describing a
+    /// write runs nowhere and may be answered by any node.
+    fn statement_need(&mut self, name: &str, runs: bool) -> Need {
         match self.statements.get(name) {
             Some(statement) => {
                 let statement = statement.clone();
+                if !runs {
+                    return Need::Statement(statement.server_name.clone(), statement);
+                }
                 // A prepared SET takes effect each time it runs, so remember its text again.
                 let text = match statement.decision.session {
                     SessionEffect::SetsState => {

@@ -28,7 +28,11 @@ impl Session {
         let mut need = ReadNeed::default();
         let mut slot = slot;
         let in_tx = self.tx_status != tx_status::IDLE || self.tx_pending;
-        if slot == REPLICA && self.open != Some(REPLICA) && batch.has_statement && !in_tx {
+        // A batch that only prepares statements runs nothing, but its Parse
+        // resolves names in the node's catalog: it needs the session's own
+        // writes (a CREATE TABLE just before) as much as a read does.
+        let judged = batch.has_statement || prepares(&batch);
+        if slot == REPLICA && self.open != Some(REPLICA) && judged && !in_tx {
             need = self.read_need(&batch);
             if need.primary == Some(consistency::UNCAPTURED) && self.capture_now().await {
                 need = self.read_need(&batch);
@@ -86,6 +90,8 @@ impl Session {
             self.note_write(&batch);
         }
         let capture = slot == PRIMARY && may_commit && self.wants_capture();
+        let hide_sync = !ends_sync && self.closes_prepare_section(&batch);
+        let max_prepared = self.shared.config.load().pool.max_prepared_statements;
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
@@ -94,6 +100,7 @@ impl Session {
         for (frame, need) in batch.frames {
             let parses_before = attached.sent_parse;
             prepare_statement_for(attached, &need);
+            close_least_used_over(attached, max_prepared);
             match need {
                 Need::Creates { name, client, .. } => {
                     created.push((attached.sent_parse - 1, Some(client), name));
@@ -118,6 +125,14 @@ impl Session {
                 last_mark = Some(attached.marks.len() - 1);
             }
         }
+        if hide_sync {
+            to_server::sync(attached.conn.conn.out());
+            let mut mark = Mark::client(attached, true);
+            mark.created = std::mem::take(&mut created);
+            mark.ready_hidden = true;
+            attached.marks.push_back(mark);
+        }
+        let ends_sync = ends_sync || hide_sync;
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
                 mark.state = batch.state;
@@ -139,6 +154,26 @@ impl Session {
         self.open = if ends_sync { None } else { Some(slot) };
         self.last_slot = slot;
         self.set_active(Some(slot));
+    }
+
+    /// Whether pgrouter ends this Flush-terminated batch with a Sync of its own.
+    /// asyncpg (and others) prepare with Parse + Describe + Flush and send the
+    /// Bind/Execute, or a simple Query, only after the answers: left open, that
+    /// section would tie the next statement to whichever node answered the
+    /// Parse, a replica even for a write. Ending it (outside a transaction, with
+    /// nothing executed) changes nothing the client can see: prepared statements
+    /// outlive a Sync, and the next Bind finds its statement re-prepared on
+    /// whatever connection it gets. One difference remains: after a failed
+    /// Parse, PostgreSQL would skip the client's messages up to its own Sync.
+    fn closes_prepare_section(&self, batch: &Batch) -> bool {
+        !batch.has_statement
+            && self.open.is_none()
+            && self.tx_status == tx_status::IDLE
+            && !self.tx_pending
+            && batch
+                .frames
+                .last()
+                .is_some_and(|(frame, _)| frame.tag == frontend_tag::FLUSH)
     }
 
     /// Makes sure a connection for `slot` is attached; a replica that cannot be
@@ -262,6 +297,15 @@ fn next_log_hash(previous: u64, sql: &str) -> u64 {
     hasher.finish().max(1)
 }
 
+/// Whether the batch makes a server prepare a statement (the client's Parse, or
+/// one pgrouter re-sends for a Describe).
+fn prepares(batch: &Batch) -> bool {
+    batch
+        .frames
+        .iter()
+        .any(|(_, need)| matches!(need, Need::Creates { .. } | Need::Statement(..)))
+}
+
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
 fn drops_prepared_statements(sql: &str) -> bool {
     let words: Vec<String> = sql
@@ -287,6 +331,7 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
         Need::Nothing => {}
         Need::Statement(name, statement) => {
             if attached.conn.conn.prepared.get(name) == Some(&statement.hash) {
+                attached.conn.conn.prepared.touch(name);
                 return;
             }
             inject_close_if_present(attached, name);
@@ -321,6 +366,21 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
             attached.sent_close += 1;
             attached.conn.conn.prepared.remove(name);
         }
+    }
+}
+
+/// Keeps at most `limit` of pgrouter's own statements on the connection by
+/// closing the least recently used one. Safe at any point of a pipeline: the
+/// server runs messages in order, so a Bind queued earlier has already used the
+/// statement, and a later Bind of it finds it missing and prepares it again.
+fn close_least_used_over(attached: &mut Attached, limit: usize) {
+    if let Some(name) = attached
+        .conn
+        .conn
+        .prepared
+        .over_limit(SERVER_NAME_PREFIX, limit)
+    {
+        inject_close_if_present(attached, &name);
     }
 }
 

@@ -174,7 +174,9 @@ impl Session {
             }
             self.retry_after_ready(slot, false);
             let state = mark.state.clone().filter(|_| !mark.had_error);
-            if slot == PRIMARY {
+            if mark.ready_hidden {
+                // pgrouter's own Sync: the client never asked for this one.
+            } else if slot == PRIMARY {
                 self.on_write_ready(&mark, status, frame);
             } else {
                 self.out.extend_from_slice(&frame.raw);

@@ -58,6 +58,9 @@ pub(super) struct Mark {
     /// pgrouter's own commit-position query (internal), and what it returned.
     pub captures: bool,
     pub captured: Option<u64>,
+    /// pgrouter added this Sync behind a client's Flush (see
+    /// `Session::closes_prepare_section`): relay the answers, not the ReadyForQuery.
+    pub ready_hidden: bool,
 }
 
 impl Mark {
@@ -76,6 +79,7 @@ impl Mark {
             created: Vec::new(),
             captures: false,
             captured: None,
+            ready_hidden: false,
         }
     }
 

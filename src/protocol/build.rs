@@ -189,6 +189,11 @@ pub mod to_server {
         frontend::query(sql, buf)
     }
 
+    /// Sync: ends an extended-protocol section.
+    pub fn sync(buf: &mut BytesMut) {
+        frontend::sync(buf)
+    }
+
     /// Close of a prepared statement.
     pub fn close_statement(buf: &mut BytesMut, name: &str) -> std::io::Result<()> {
         frontend::close(super::super::target_kind::STATEMENT, name, buf)

@@ -75,6 +75,12 @@ fn reasons() {
         ("SELECT * INTO t2 FROM t", "select into"),
         ("EXPLAIN ANALYZE DELETE FROM t", "explain analyze: write"),
         ("COPY t FROM STDIN", "write: copy from"),
+        // asyncpg's copy_records_to_table.
+        (
+            "COPY \"public\".\"t\"(\"a\", \"b\") FROM STDIN (FORMAT binary)",
+            "write: copy from",
+        ),
+        ("COPY \"t\" FROM STDIN (FORMAT binary) ", "write: copy from"),
         ("CREATE TABLE t (a int)", "ddl"),
         ("CREATE TEMP TABLE t (a int)", "create temp"),
         ("BEGIN", "begin"),
