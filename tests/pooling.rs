@@ -120,6 +120,51 @@ async fn named_statements_of_clients_sharing_one_connection_never_collide() {
     env.stop().await;
 }
 
+/// With `max_prepared_statements = 5`, a client cycling through 20 prepared
+/// statements gets every answer right, while no server connection ever holds
+/// more than 5 of them (the least recently used are closed and prepared again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_keep_at_most_max_prepared_statements() {
+    let env = common::start_with(|config| {
+        small_pools(1)(config);
+        config.pool.max_prepared_statements = 5;
+    })
+    .await;
+    let client = env.client().await;
+    let mut statements = Vec::new();
+    for i in 0..20 {
+        let sql = format!("SELECT $1::int + {i}");
+        statements.push(client.prepare(&sql).await.unwrap());
+    }
+    let mut most = 0;
+    for round in 0..3 {
+        for (i, statement) in statements.iter().enumerate() {
+            let got: i32 = client.query_one(statement, &[&round]).await.unwrap().get(0);
+            assert_eq!(got, round + i as i32);
+            // Runs on a connection of the same pools (one per node).
+            let rows = client
+                .simple_query(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgr\\_%'",
+                )
+                .await
+                .unwrap();
+            let count: i64 = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+                    _ => None,
+                })
+                .unwrap();
+            most = most.max(count);
+        }
+    }
+    assert!(
+        (1..=5).contains(&most),
+        "a server connection held {most} of pgrouter's statements (limit 5)"
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_and_sql_prepare_follow_the_client() {
     let env = common::start_with(small_pools(1)).await;

@@ -4,8 +4,10 @@
 //! prepared statements that exist on it) and nothing about clients or routing.
 
 mod auth;
+mod prepared;
 
-use std::collections::HashMap;
+pub use prepared::PreparedSet;
+
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -93,7 +95,7 @@ pub struct ServerConn {
     pub tx_status: u8,
     /// Named prepared statements that exist on this connection: name → hash of
     /// the Parse message that created them.
-    pub prepared: HashMap<String, u64>,
+    pub prepared: PreparedSet,
     /// Which client session state (SETs) is applied here: a hash of the
     /// session's statement log, 0 when none (as after connect or DISCARD ALL).
     pub session_state: u64,
@@ -158,7 +160,7 @@ impl ServerConn {
             secret: 0,
             params: Vec::new(),
             tx_status: tx_status::IDLE,
-            prepared: HashMap::new(),
+            prepared: PreparedSet::default(),
             session_state: 0,
             created: now,
             last_used: now,

@@ -54,6 +54,16 @@ pub struct PoolConfig {
         with = "duration::serde_duration"
     )]
     pub health_check_after: Duration,
+    /// Most client statements (transaction pooling) kept prepared on one server
+    /// connection; past it the least recently used is closed, and prepared
+    /// again if a client runs it later. 0: no limit. As PgBouncer's setting
+    /// of the same name.
+    #[serde(default = "default_max_prepared_statements")]
+    pub max_prepared_statements: usize,
+}
+
+fn default_max_prepared_statements() -> usize {
+    200
 }
 
 fn default_idle_timeout() -> Duration {
@@ -87,6 +97,7 @@ impl Default for PoolConfig {
             idle_timeout: default_idle_timeout(),
             max_lifetime: default_max_lifetime(),
             health_check_after: default_health_check_after(),
+            max_prepared_statements: default_max_prepared_statements(),
         }
     }
 }
