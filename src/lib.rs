@@ -16,6 +16,7 @@ pub mod config;
 pub mod consistency;
 pub mod frontend;
 pub mod monitor;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod router;

@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     /// Statements in flight per node (by config index), for least_outstanding.
     outstanding: Vec<AtomicUsize>,
     pub shutdown: watch::Receiver<bool>,
+    /// LISTEN/NOTIFY through pgrouter's own listening connections.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Shared {
@@ -244,10 +246,18 @@ impl Router {
         // Nodes added by a later reload get no outstanding counter and count as idle.
         let node_count = config.nodes.len();
         let topology = Arc::new(ArcSwap::from_pointee(Topology::from_config(&config)));
+        let config_handle = Arc::new(ArcSwap::from_pointee(config));
+        let notifier = crate::notify::Notifier::new(
+            config_handle.clone(),
+            topology.clone(),
+            shutdown_rx.clone(),
+        );
+        let config = config_handle.load_full();
         let shared = Shared {
+            notifier,
             secrets: ArcSwap::from_pointee(ClientSecrets::from_config(&config)),
             stats: Stats::new(config.nodes.len()),
-            config: Arc::new(ArcSwap::from_pointee(config)),
+            config: config_handle,
             pools: Pools::default(),
             topology,
             classifier: ClassifierCache::new(10_000),
@@ -334,6 +344,7 @@ impl Router {
         let _ = self.shutdown_tx.send(true);
         let _ = monitor.await;
         let _ = maintenance.await;
+        shared.notifier.stopped().await;
         shared.pools.clear_idle();
         tracing::info!("router stopped");
         result

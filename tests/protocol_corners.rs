@@ -1,54 +1,10 @@
-//! Protocol corners through the router: notifications, portals with row limits,
+//! Protocol corners through the router: portals with row limits,
 //! pipelining, empty queries and parameter status changes.
 
 mod common;
 
-use std::time::Duration;
-
-use futures_util::{StreamExt, TryStreamExt};
-use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_notify_reaches_an_idle_listener() {
-    let env = common::start().await;
-    let (listener, mut connection) = tokio_postgres::connect(&env.dsn(), NoTls).await.unwrap();
-    let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
-    let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(message)) = stream.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
-            }
-        }
-    });
-    listener
-        .batch_execute("LISTEN router_channel")
-        .await
-        .unwrap();
-    // Later reads of a listening session stay on the primary, where notifications come from.
-    let port: i32 = listener
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port as u16, env.primary_port());
-
-    let sender = env.client().await;
-    sender
-        .batch_execute("NOTIFY router_channel, 'hello'")
-        .await
-        .unwrap();
-    let (channel, payload) = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
-        .await
-        .expect("notification arrives while the listener is idle")
-        .unwrap();
-    assert_eq!(
-        (channel.as_str(), payload.as_str()),
-        ("router_channel", "hello")
-    );
-    env.stop().await;
-}
+use futures_util::TryStreamExt;
+use tokio_postgres::SimpleQueryMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portals_with_row_limits_and_pipelined_queries() {

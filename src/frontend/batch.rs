@@ -15,6 +15,7 @@ use crate::protocol::fields::{
 };
 use crate::protocol::{Frame, frontend_tag, target_kind, tx_status};
 use crate::router::hints::{FreshnessHints, freshness_hints};
+use crate::router::listen::{ListenCommand, listen_command};
 use crate::router::{Decision, Route, SessionEffect, TxEffect};
 
 /// A batch without Sync is sent once it holds this much, so a client that
@@ -47,6 +48,9 @@ pub(super) enum LocalAnswer {
     BadSetting(SettingError),
     /// `SHOW pgrouter.last_write_lsn`.
     ShowLastWriteLsn,
+    /// A lone LISTEN/UNLISTEN, served by the shared listener when the session
+    /// is outside a transaction (see `listen`).
+    Listen(ListenCommand),
 }
 
 /// What a message needs from the connection it is sent to.
@@ -96,6 +100,10 @@ pub(super) struct Batch {
     pub freshness: FreshnessHints,
     pub pins: bool,
     pub state: Option<Arc<str>>,
+    /// Statements it runs (Query texts and Binds).
+    pub statements: u32,
+    /// The LISTEN/UNLISTEN among them.
+    pub listen: Option<ListenCommand>,
 }
 
 impl Batch {
@@ -106,6 +114,7 @@ impl Batch {
 
     fn learn(&mut self, decision: &Decision, text: &str) {
         self.has_statement = true;
+        self.statements += 1;
         if decision.route == Route::Primary {
             self.needs_primary = true;
         }
@@ -131,7 +140,12 @@ impl Batch {
                 }
                 self.state = Some(Arc::from(text));
             }
-            SessionEffect::PinPrimary => self.pins = true,
+            SessionEffect::PinPrimary => {
+                self.pins = true;
+                if let Some(command) = listen_command(text) {
+                    self.listen = Some(command);
+                }
+            }
             SessionEffect::None => {}
         }
     }
@@ -343,7 +357,7 @@ impl Session {
                 }
                 // A prepared SET takes effect each time it runs, so remember its text again.
                 let text = match statement.decision.session {
-                    SessionEffect::SetsState => {
+                    SessionEffect::SetsState | SessionEffect::PinPrimary => {
                         parse_message(statement.parse.body()).map_or("", |(_, q)| q)
                     }
                     _ => "",
@@ -359,7 +373,12 @@ impl Session {
 
     /// Picks the connection for a complete batch and sends it, or parks it until
     /// the other connection has answered everything.
-    pub(super) async fn submit(&mut self, batch: Batch, ends_sync: bool) {
+    pub(super) async fn submit(&mut self, mut batch: Batch, ends_sync: bool) {
+        if batch.statements == 1 && batch.local.is_none() {
+            if let Some(command) = batch.listen.take() {
+                batch.local = Some(LocalAnswer::Listen(command));
+            }
+        }
         let slot = self.choose(&batch);
         if self.must_wait(slot, &batch) {
             self.ready.push_back((slot, batch, ends_sync));

@@ -3,7 +3,7 @@
 //! client's frames unchanged.
 
 use super::attach::AttachError;
-use super::batch::{Batch, Need};
+use super::batch::{Batch, LocalAnswer, Need};
 use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
 use crate::consistency::{self, ReadNeed};
 use crate::pool::PoolError;
@@ -20,7 +20,17 @@ const MAX_SESSION_LOG: usize = 256;
 impl Session {
     /// Sends `batch` to `slot` (falling back to the primary when no replica can
     /// take it). On failure the client gets an ErrorResponse and the batch is dropped.
-    pub(super) async fn dispatch(&mut self, slot: usize, batch: Batch, ends_sync: bool) {
+    pub(super) async fn dispatch(&mut self, slot: usize, mut batch: Batch, ends_sync: bool) {
+        if let Some(LocalAnswer::Listen(command)) = batch.local.clone() {
+            if self.shares_listen() {
+                self.answer_listen(command, &batch.frames, ends_sync).await;
+                return;
+            }
+            // In a transaction or a pinned session it runs on the primary
+            // connection; an UNLISTEN also leaves the shared listener's channels.
+            self.forget_listens(&command);
+            batch.local = None;
+        }
         if let Some(answer) = batch.local.clone() {
             self.answer_locally(answer, ends_sync);
             return;

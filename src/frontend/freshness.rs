@@ -337,6 +337,8 @@ impl Session {
                 err.sqlstate(),
                 &format!("pgrouter: {err}"),
             ),
+            // Answered by `answer_listen`, which `dispatch` calls instead.
+            LocalAnswer::Listen(_) => {}
             LocalAnswer::ShowLastWriteLsn => {
                 let value = self.freshness.last_write_lsn.map(format_lsn);
                 build::show_result(&mut self.out, "pgrouter.last_write_lsn", value.as_deref());

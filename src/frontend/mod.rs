@@ -10,6 +10,7 @@ mod auth;
 mod batch;
 mod dispatch;
 mod freshness;
+mod listen;
 mod release;
 mod retry;
 mod server_msgs;

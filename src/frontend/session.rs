@@ -193,6 +193,9 @@ pub(crate) struct Session {
     /// A read could not be judged while its replica was busy: nothing is
     /// dispatched until every answer is in (see `must_wait`).
     pub(super) wait_idle: bool,
+    /// Channels this session listens on through pgrouter's shared listener,
+    /// and notifications waiting for the client to be idle.
+    pub(super) listens: Option<Box<super::listen::Listens>>,
     cancel_slot: CancelSlot,
     cancel_key: (i32, i32),
     shutdown: watch::Receiver<bool>,
@@ -201,6 +204,7 @@ pub(crate) struct Session {
 enum Event {
     Client(std::io::Result<usize>),
     Server(usize, Result<(), BackendError>),
+    Notification(Option<bytes::Bytes>),
     Shutdown,
 }
 
@@ -245,6 +249,7 @@ impl Session {
             held_ready: None,
             seen_replay: Vec::new(),
             wait_idle: false,
+            listens: None,
             cancel_slot,
             cancel_key,
             shutdown,
@@ -357,6 +362,7 @@ impl Session {
                 }
             }
             Box::pin(self.release_idle()).await;
+            self.deliver_notifications();
             self.flush_all().await?;
             match self.wait().await {
                 Event::Client(Ok(0)) => return Ok(()),
@@ -364,6 +370,11 @@ impl Session {
                 Event::Client(Err(err)) => return Err(err.into()),
                 Event::Server(_, Ok(())) => {}
                 Event::Server(slot, Err(err)) => self.server_lost(slot, &err),
+                Event::Notification(frame) => {
+                    if let Some(frame) = frame {
+                        self.queue_notification(frame);
+                    }
+                }
                 Event::Shutdown => {
                     return self
                         .fatal(
@@ -384,8 +395,15 @@ impl Session {
             read = self.client_in.fill(), if !client_blocked => Event::Client(read),
             read = fill(primary) => Event::Server(PRIMARY, read),
             read = fill(replica) => Event::Server(REPLICA, read),
+            frame = super::listen::next_notification(&mut self.listens) => Event::Notification(frame),
             _ = self.shutdown.wait_for(|stop| *stop) => Event::Shutdown,
         }
+    }
+
+    /// The key the client cancels with; its process id also names the session
+    /// to the shared listener.
+    pub(super) fn cancel_key(&self) -> (i32, i32) {
+        self.cancel_key
     }
 
     /// Sends a FATAL error and ends the session.
@@ -460,6 +478,7 @@ impl Session {
 
     async fn finish(&mut self) {
         self.shared.forget_cancel_key(self.cancel_key);
+        self.stop_listening();
         self.set_active(None);
         for slot in [PRIMARY, REPLICA] {
             self.detach(slot).await;

@@ -4,7 +4,10 @@
 
 use bytes::BytesMut;
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::data::{
+    DataRow, FieldDescription, NoData, ParameterDescription, RowDescription,
+};
+use pgwire::messages::extendedquery::{BindComplete, CloseComplete, ParseComplete};
 use pgwire::messages::response::{
     CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
@@ -120,6 +123,41 @@ pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
         )),
         buf,
     );
+}
+
+/// CommandComplete with `tag` (e.g. "LISTEN").
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    encode(
+        PgWireBackendMessage::CommandComplete(CommandComplete::new(tag.to_owned())),
+        buf,
+    );
+}
+
+/// What PostgreSQL answers to one extended-protocol message of a statement
+/// with no parameters and no result columns (LISTEN, UNLISTEN) that pgrouter
+/// runs itself: ParseComplete, BindComplete, CloseComplete, the description
+/// (none), CommandComplete `tag` for Execute. Sync and Flush are the caller's.
+pub fn no_result_answer(buf: &mut BytesMut, message: u8, describes_statement: bool, tag: &str) {
+    use super::frontend_tag;
+    let answer = match message {
+        frontend_tag::PARSE => PgWireBackendMessage::ParseComplete(ParseComplete::new()),
+        frontend_tag::BIND => PgWireBackendMessage::BindComplete(BindComplete::new()),
+        frontend_tag::CLOSE => PgWireBackendMessage::CloseComplete(CloseComplete::new()),
+        frontend_tag::DESCRIBE => {
+            if describes_statement {
+                encode(
+                    PgWireBackendMessage::ParameterDescription(ParameterDescription::new(vec![])),
+                    buf,
+                );
+            }
+            PgWireBackendMessage::NoData(NoData::new())
+        }
+        frontend_tag::EXECUTE => {
+            PgWireBackendMessage::CommandComplete(CommandComplete::new(tag.to_owned()))
+        }
+        _ => return,
+    };
+    encode(answer, buf);
 }
 
 /// PostgreSQL's OID for `text`.

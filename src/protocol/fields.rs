@@ -184,6 +184,13 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// The channel of a NotificationResponse (process id, channel, payload).
+pub fn notification_channel(body: &[u8]) -> Option<&str> {
+    let mut f = Fields::new(body, "NotificationResponse");
+    f.i32().ok()?;
+    f.cstr().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

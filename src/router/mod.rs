@@ -16,6 +16,7 @@
 //!   from other words before `(`).
 //! - [`policy`]: [`FunctionPolicy`], what the primary's catalog and the config
 //!   say about user-defined functions.
+//! - [`listen`]: names the channel of a lone LISTEN/UNLISTEN.
 //! - `cache.rs`: [`ClassifierCache`], a sharded bounded cache of decisions.
 //!
 //! How a text is classified:
@@ -43,6 +44,7 @@ mod calls;
 pub mod functions;
 pub mod hints;
 mod keywords;
+pub mod listen;
 pub mod policy;
 mod simple;
 

@@ -1,7 +1,8 @@
 """asyncpg through pgrouter in transaction pooling. asyncpg names every
 statement (`__asyncpg_stmt_N__`, the same names in every connection), caches
 them per connection, introspects types with Describe, and uses binary formats
-throughout. Run by tests/drivers.rs; exits non-zero on any surprise."""
+throughout, and LISTENs with a simple query. Run by tests/drivers.rs; exits
+non-zero on any surprise."""
 import asyncio
 import os
 import sys
@@ -53,10 +54,24 @@ async def client(i):
         await conn.close()
 
 
+async def check_notifications():
+    listener = await asyncpg.connect(DSN)
+    sender = await asyncpg.connect(DSN)
+    got = asyncio.get_running_loop().create_future()
+    await listener.add_listener("drv_asyncpg_chan", lambda _c, _pid, ch, payload: got.done() or got.set_result((ch, payload)))
+    await sender.execute("NOTIFY drv_asyncpg_chan, 'hi'")
+    result = await asyncio.wait_for(got, 5)
+    await listener.close()
+    await sender.close()
+    if result != ("drv_asyncpg_chan", "hi"):
+        raise AssertionError(f"notification {result}")
+
+
 async def main():
     conn = await asyncpg.connect(DSN)
     await conn.execute("DROP TABLE IF EXISTS drv_asyncpg; CREATE TABLE drv_asyncpg (client int, n int)")
     await conn.close()
+    await check_notifications()
     results = await asyncio.gather(*(client(i) for i in range(CLIENTS)), return_exceptions=True)
     failures = [f"client {i}: {type(r).__name__}: {r}" for i, r in enumerate(results) if r is not None]
     if failures:

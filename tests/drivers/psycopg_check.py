@@ -1,6 +1,6 @@
 """psycopg 3 through pgrouter in transaction pooling: many clients on few server
 connections, server-side prepared statements from the first use
-(prepare_threshold=0), pipeline mode, binary results, COPY, errors with the
+(prepare_threshold=0), pipeline mode, binary results, COPY, LISTEN, errors with the
 server's SQLSTATE. Run by tests/drivers.rs; exits non-zero on any surprise."""
 import os
 import sys
@@ -64,12 +64,23 @@ def client(i):
         failures.append(f"client {i}: {type(e).__name__}: {e}")
 
 
+def check_notifications():
+    """LISTEN through the extended protocol, notifications while idle."""
+    with psycopg.connect(DSN, autocommit=True) as listener, psycopg.connect(DSN, autocommit=True) as sender:
+        listener.execute("LISTEN drv_psycopg_chan")
+        sender.execute("NOTIFY drv_psycopg_chan, 'hi'")
+        got = [(n.channel, n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+        if got != [("drv_psycopg_chan", "hi")]:
+            failures.append(f"notifications: {got}")
+
+
 def main():
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS drv_psycopg, drv_unique, drv_copy")
         conn.execute("CREATE TABLE drv_psycopg (client int, n int)")
         conn.execute("CREATE TABLE drv_unique (id int PRIMARY KEY)")
         conn.execute("CREATE TABLE drv_copy (client int, n int)")
+    check_notifications()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
     for t in threads:
         t.start()

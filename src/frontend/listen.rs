@@ -1,0 +1,191 @@
+//! A session's side of LISTEN/NOTIFY in pgrouter's shared listener (see
+//! `notify`): LISTEN and UNLISTEN outside a transaction are answered here, and
+//! notifications wait in the session until its client is idle, outside any
+//! transaction, as PostgreSQL delivers them. The session is not pinned, so its
+//! other statements keep going to pooled connections and replicas.
+//!
+//! LISTEN inside a transaction block, or beside other statements in one
+//! message, still runs on the session's primary connection and pins it: only
+//! there can it take effect at COMMIT as PostgreSQL promises.
+
+use std::collections::{HashSet, VecDeque};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::batch::Need;
+use super::session::Session;
+use crate::notify::{NotifyError, SESSION_QUEUE};
+use crate::protocol::build::{self, Severity};
+use crate::protocol::fields::target_message;
+use crate::protocol::{Frame, frontend_tag, sqlstate, target_kind, tx_status};
+use crate::router::listen::ListenCommand;
+
+/// Notifications a session keeps for a busy client before it drops the oldest
+/// (PostgreSQL's own queue is bounded too, if far larger).
+const MAX_PENDING: usize = 10_000;
+
+/// Made on a session's first LISTEN: sessions that never listen pay nothing.
+pub(super) struct Listens {
+    queue: mpsc::Sender<Bytes>,
+    inbox: mpsc::Receiver<Bytes>,
+    channels: HashSet<String>,
+    pending: VecDeque<Bytes>,
+}
+
+impl Listens {
+    fn new() -> Listens {
+        let (queue, inbox) = mpsc::channel(SESSION_QUEUE);
+        Listens {
+            queue,
+            inbox,
+            channels: HashSet::new(),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+impl Session {
+    /// Whether LISTEN/UNLISTEN can be served by the shared listener now:
+    /// outside a transaction block, in a session not pinned to its own
+    /// connection (a pinned one LISTENs there, as before it was pinned).
+    pub(super) fn shares_listen(&self) -> bool {
+        self.tx_status == tx_status::IDLE && !self.tx_pending && !self.pinned
+    }
+
+    /// Answers a batch whose one statement is LISTEN or UNLISTEN (simple or
+    /// extended protocol) from the shared listener.
+    pub(super) async fn answer_listen(
+        &mut self,
+        command: ListenCommand,
+        frames: &[(Frame, Need)],
+        ends_sync: bool,
+    ) {
+        let session = self.cancel_key().0;
+        let result = match &command {
+            ListenCommand::Listen(channel) => {
+                let listens = self.listens.get_or_insert_with(|| Box::new(Listens::new()));
+                let queue = listens.queue.clone();
+                let subscribed = self
+                    .shared
+                    .notifier
+                    .listen(&self.login, channel, session, &queue)
+                    .await;
+                if subscribed.is_ok() {
+                    if let Some(listens) = self.listens.as_mut() {
+                        listens.channels.insert(channel.clone());
+                    }
+                }
+                subscribed
+            }
+            ListenCommand::Unlisten(_) | ListenCommand::UnlistenAll => {
+                self.forget_listens(&command);
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => {
+                for (frame, _) in frames {
+                    if frame.tag == frontend_tag::QUERY {
+                        build::command_complete(&mut self.out, command.tag());
+                        continue;
+                    }
+                    let describes_statement = frame.tag == frontend_tag::DESCRIBE
+                        && target_message(frame.body(), "Describe")
+                            .is_ok_and(|(kind, _)| kind == target_kind::STATEMENT);
+                    build::no_result_answer(
+                        &mut self.out,
+                        frame.tag,
+                        describes_statement,
+                        command.tag(),
+                    );
+                }
+                if ends_sync {
+                    build::ready_for_query(&mut self.out, self.tx_status);
+                }
+            }
+            Err(err) => {
+                let (code, message) = match err {
+                    NotifyError::Server { code, message } => (code, message),
+                    other => (
+                        sqlstate::CONNECTION_FAILURE.to_owned(),
+                        format!("pgrouter could not LISTEN: {other}"),
+                    ),
+                };
+                build::error_response(&mut self.out, Severity::Error, &code, &message);
+                if ends_sync {
+                    build::ready_for_query(&mut self.out, self.tx_status);
+                } else {
+                    self.discard_until_sync = true;
+                }
+            }
+        }
+    }
+
+    /// Drops this session's subscriptions in the shared listener that an
+    /// UNLISTEN names (also when the UNLISTEN itself runs on a pinned connection).
+    pub(super) fn forget_listens(&mut self, command: &ListenCommand) {
+        let Some(listens) = self.listens.as_mut() else {
+            return;
+        };
+        let channel = match command {
+            ListenCommand::Listen(_) => return,
+            ListenCommand::Unlisten(channel) => {
+                if !listens.channels.remove(channel) {
+                    return;
+                }
+                Some(channel.as_str())
+            }
+            ListenCommand::UnlistenAll => {
+                listens.channels.clear();
+                None
+            }
+        };
+        let session = self.cancel_key().0;
+        self.shared.notifier.unlisten(&self.login, channel, session);
+    }
+
+    /// Keeps a notification until the client is idle.
+    pub(super) fn queue_notification(&mut self, frame: Bytes) {
+        if let Some(listens) = self.listens.as_mut() {
+            if listens.pending.len() >= MAX_PENDING {
+                listens.pending.pop_front();
+                tracing::warn!("a client does not go idle; dropped its oldest notification");
+            }
+            listens.pending.push_back(frame);
+        }
+    }
+
+    /// Gives the client its waiting notifications if it is idle: nothing in
+    /// flight, no message half sent, outside any transaction.
+    pub(super) fn deliver_notifications(&mut self) {
+        let idle = self.active.is_none()
+            && self.ready.is_empty()
+            && self.open.is_none()
+            && self.batch.frames.is_empty()
+            && self.held_ready.is_none()
+            && self.tx_status == tx_status::IDLE
+            && !self.tx_pending;
+        let Some(listens) = self.listens.as_mut() else {
+            return;
+        };
+        if idle {
+            for frame in listens.pending.drain(..) {
+                self.out.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Leaves every channel (the session ends).
+    pub(super) fn stop_listening(&mut self) {
+        self.forget_listens(&ListenCommand::UnlistenAll);
+    }
+}
+
+/// The next notification for a session that listens; never, for one that does not.
+pub(super) async fn next_notification(listens: &mut Option<Box<Listens>>) -> Option<Bytes> {
+    match listens {
+        Some(listens) => listens.inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
