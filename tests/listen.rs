@@ -154,3 +154,41 @@ async fn notifications_wait_for_the_end_of_a_transaction() {
     assert_eq!(next(&mut notifications).await, pair("in_tx", "pinned"));
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_moves_channels_and_discard_all_leaves_them() {
+    // Two connections: the pinned session below keeps one for itself.
+    let env = common::start_with(|config| {
+        one_connection_per_node(config);
+        config.pool.pool_size = 2;
+    })
+    .await;
+    let (pinned, mut to_pinned) = listener(&env).await;
+    let (discarding, mut to_discarding) = listener(&env).await;
+    let sender = env.client().await;
+    pinned.batch_execute("LISTEN moved").await.unwrap();
+    discarding.batch_execute("LISTEN gone").await.unwrap();
+
+    // A temp table pins the session to its primary connection, which takes
+    // over its LISTEN: each notification still arrives exactly once.
+    pinned
+        .batch_execute("CREATE TEMP TABLE scratch (v int)")
+        .await
+        .unwrap();
+    sender.batch_execute("NOTIFY moved, 'once'").await.unwrap();
+    assert_eq!(next(&mut to_pinned).await, pair("moved", "once"));
+    nothing(&mut to_pinned, "a second copy of the same notification").await;
+    pinned.batch_execute("UNLISTEN moved").await.unwrap();
+    sender.batch_execute("NOTIFY moved, 'after'").await.unwrap();
+    nothing(
+        &mut to_pinned,
+        "notified after UNLISTEN on the pinned connection",
+    )
+    .await;
+
+    // DISCARD ALL ends every LISTEN, as on PostgreSQL.
+    discarding.batch_execute("DISCARD ALL").await.unwrap();
+    sender.batch_execute("NOTIFY gone, 'x'").await.unwrap();
+    nothing(&mut to_discarding, "notified after DISCARD ALL").await;
+    env.stop().await;
+}

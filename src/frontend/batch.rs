@@ -374,7 +374,11 @@ impl Session {
     /// Picks the connection for a complete batch and sends it, or parks it until
     /// the other connection has answered everything.
     pub(super) async fn submit(&mut self, mut batch: Batch, ends_sync: bool) {
-        if batch.statements == 1 && batch.local.is_none() {
+        // Not behind an unsynced section or queued batches: an answer pgrouter
+        // gives itself waits for the session to be idle, and an open section
+        // keeps it busy until the client's Sync, which would come after.
+        let may_answer = self.open.is_none() && self.ready.is_empty();
+        if batch.statements == 1 && batch.local.is_none() && may_answer {
             if let Some(command) = batch.listen.take() {
                 batch.local = Some(LocalAnswer::Listen(command));
             }

@@ -90,6 +90,13 @@ impl Session {
                 "session pinned to the primary (temporary objects, LISTEN or cursors WITH HOLD)"
             );
             self.pinned = true;
+            if slot == PRIMARY {
+                self.move_listens_to_primary();
+            }
+        }
+        if batch.state.as_deref().is_some_and(discards_all) {
+            // DISCARD ALL includes UNLISTEN *.
+            self.forget_listens(&crate::router::listen::ListenCommand::UnlistenAll);
         }
         // Whether the session will be outside a transaction after this batch
         // (autocommit, or it ends one): then a write's commit position is final.
@@ -287,7 +294,7 @@ impl Session {
 }
 
 /// Sends a query whose answers are swallowed.
-fn send_internal(attached: &mut Attached, sql: &str) {
+pub(super) fn send_internal(attached: &mut Attached, sql: &str) {
     // A simple Query drops the server's unnamed statement.
     attached.conn.conn.prepared.remove("");
     if let Err(err) = to_server::query(attached.conn.conn.out(), sql) {
@@ -314,6 +321,14 @@ fn prepares(batch: &Batch) -> bool {
         .frames
         .iter()
         .any(|(_, need)| matches!(need, Need::Creates { .. } | Need::Statement(..)))
+}
+
+/// `DISCARD ALL`, which also ends every LISTEN.
+fn discards_all(sql: &str) -> bool {
+    let mut words = sql
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(';').to_ascii_uppercase());
+    words.next().as_deref() == Some("DISCARD") && words.next().as_deref() == Some("ALL")
 }
 
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.

@@ -14,10 +14,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::batch::Need;
-use super::session::Session;
-use crate::notify::{NotifyError, SESSION_QUEUE};
+use super::dispatch::send_internal;
+use super::session::{PRIMARY, Session};
+use crate::notify::{NotifyError, SESSION_QUEUE, quote};
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::target_message;
+use crate::protocol::fields::{notification_channel, target_message};
 use crate::protocol::{Frame, frontend_tag, sqlstate, target_kind, tx_status};
 use crate::router::listen::ListenCommand;
 
@@ -105,10 +106,16 @@ impl Session {
                 }
             }
             Err(err) => {
+                // The client's own connection is fine: no 08xxx, which pools
+                // take as "throw this connection away".
                 let (code, message) = match err {
                     NotifyError::Server { code, message } => (code, message),
+                    NotifyError::Stopped => (
+                        sqlstate::ADMIN_SHUTDOWN.to_owned(),
+                        format!("pgrouter could not LISTEN: {err}"),
+                    ),
                     other => (
-                        sqlstate::CONNECTION_FAILURE.to_owned(),
+                        sqlstate::CANNOT_CONNECT_NOW.to_owned(),
                         format!("pgrouter could not LISTEN: {other}"),
                     ),
                 };
@@ -128,21 +135,53 @@ impl Session {
         let Some(listens) = self.listens.as_mut() else {
             return;
         };
+        // Notifications still waiting for a channel the client leaves are
+        // dropped, as PostgreSQL does after UNLISTEN.
         let channel = match command {
             ListenCommand::Listen(_) => return,
             ListenCommand::Unlisten(channel) => {
                 if !listens.channels.remove(channel) {
                     return;
                 }
+                listens.pending.retain(|frame| {
+                    let body = frame.get(5..).unwrap_or_default();
+                    notification_channel(body) != Some(channel.as_str())
+                });
                 Some(channel.as_str())
             }
             ListenCommand::UnlistenAll => {
                 listens.channels.clear();
+                listens.pending.clear();
                 None
             }
         };
         let session = self.cancel_key().0;
         self.shared.notifier.unlisten(&self.login, channel, session);
+    }
+
+    /// The session is being pinned to its primary connection: its channels
+    /// are LISTENed there (before the batch that pins it) and left in the shared
+    /// listener, so each notification reaches the client once. Notifications
+    /// committed in the moment between the two may be missed.
+    pub(super) fn move_listens_to_primary(&mut self) {
+        let Some(listens) = self.listens.as_ref() else {
+            return;
+        };
+        let channels: Vec<String> = listens.channels.iter().cloned().collect();
+        if channels.is_empty() {
+            return;
+        }
+        if let Some(attached) = self.servers[PRIMARY].as_mut() {
+            for channel in &channels {
+                send_internal(attached, &format!("LISTEN {}", quote(channel)));
+            }
+        }
+        // Left without dropping what already waits: those still count.
+        if let Some(listens) = self.listens.as_mut() {
+            listens.channels.clear();
+        }
+        let session = self.cancel_key().0;
+        self.shared.notifier.unlisten(&self.login, None, session);
     }
 
     /// Keeps a notification until the client is idle.

@@ -205,9 +205,14 @@ impl Session {
         };
         let node = attached.conn.conn.node;
         // Deferred marks are answered by the same ReadyForQuery as the mark after them.
-        let waiting = (attached.marks.iter().filter(|m| !m.internal).count())
+        // A Sync pgrouter added behind a client's Flush (`ready_hidden`) owes
+        // the client no ReadyForQuery: like an open section, it gets an error
+        // and the client's messages are skipped up to its own Sync.
+        let client_marks = || attached.marks.iter().filter(|m| !m.internal);
+        let waiting = (client_marks().filter(|m| !m.ready_hidden).count())
             .max(usize::from(!attached.deferred.is_empty()));
-        let was_open = self.open == Some(slot);
+        let hidden_last = client_marks().last().is_some_and(|m| m.ready_hidden);
+        let was_open = self.open == Some(slot) || hidden_last;
         let waiting = if self.retry_after_loss(slot, waiting) {
             waiting.saturating_sub(1)
         } else {

@@ -34,6 +34,9 @@ pub const SESSION_QUEUE: usize = 4096;
 /// How long a LISTEN may wait for the hub (connecting included).
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits for a listener task before aborting it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How often a hub checks that it still listens on the primary, and drops
 /// channels whose sessions are gone.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -43,6 +46,9 @@ pub enum NotifyError {
     /// The server refused the LISTEN (its SQLSTATE and message).
     #[error("{code}: {message}")]
     Server { code: String, message: String },
+    /// No node acts as primary (mid-failover).
+    #[error("no primary is available")]
+    NoPrimary,
     /// The listening connection could not be made or was lost.
     #[error("pgrouter's listening connection failed: {0}")]
     Connection(String),
@@ -103,10 +109,15 @@ impl Notifier {
     }
 
     /// Waits for every hub's task to end (after the shutdown signal).
+    /// A task stuck on a server that stopped answering is aborted after
+    /// `STOP_GRACE`, so shutdown always finishes.
     pub async fn stopped(&self) {
         let tasks = std::mem::take(&mut *lock(&self.tasks));
-        for task in tasks {
-            let _ = task.await;
+        for mut task in tasks {
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                tracing::warn!("a notify-listener did not stop in time; aborted");
+                task.abort();
+            }
         }
     }
 
@@ -120,13 +131,15 @@ impl Notifier {
         queue: &NotificationSender,
     ) -> Result<(), NotifyError> {
         let hub = self.hub(login);
-        {
+        let added = {
             let mut channels = lock(&hub.channels);
             let listeners = channels.entry(channel.to_owned()).or_default();
-            if !listeners.iter().any(|(id, _)| *id == session) {
+            let new = !listeners.iter().any(|(id, _)| *id == session);
+            if new {
                 listeners.push((session, queue.clone()));
             }
-        }
+            new
+        };
         // Asked every time, not only for a new channel: the hub answers at once
         // when it already listens, and only its answer says the LISTEN is in effect.
         let (reply, answer) = oneshot::channel();
@@ -141,7 +154,9 @@ impl Notifier {
                 Err(_) => Err(NotifyError::Timeout(LISTEN_TIMEOUT)),
             },
         };
-        if result.is_err() {
+        // A repeated LISTEN that failed leaves the earlier one in effect, as
+        // on PostgreSQL; only a subscription this call made is undone.
+        if result.is_err() && added {
             self.unlisten(login, Some(channel), session);
         }
         result
@@ -251,10 +266,12 @@ impl Listener {
             // The select only picks what happened; handling it (which awaits)
             // comes after, so nothing borrowed by a branch is held meanwhile.
             let event = tokio::select! {
+                // Shutdown first: a hub started during shutdown must not connect.
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
                 command = inbox.recv() => Event::Command(command),
                 read = fill(&mut self.conn) => Event::Read(read),
                 _ = check.tick() => Event::Check,
-                _ = shutdown.wait_for(|stop| *stop) => Event::Shutdown,
             };
             match event {
                 Event::Command(Some(command)) => self.on_command(command).await,
@@ -265,6 +282,11 @@ impl Listener {
                 }
                 Event::Check => self.check().await,
                 Event::Command(None) | Event::Shutdown => break,
+            }
+            // Notifications read together with a command's answer are still in
+            // the buffer; the next read might not come for a long time.
+            if let Err(err) = self.drain() {
+                self.lost(&err);
             }
         }
         if let Some(conn) = self.conn.take() {
@@ -299,8 +321,20 @@ impl Listener {
     }
 
     /// Runs a LISTEN/UNLISTEN on the connection (made first if needed),
-    /// handing out notifications that arrive meanwhile.
+    /// handing out notifications that arrive meanwhile. A server that does not
+    /// answer in time costs the connection (made anew on the next command).
     async fn run_listen(&mut self, sql: &str) -> Result<(), NotifyError> {
+        match tokio::time::timeout(LISTEN_TIMEOUT, self.run_listen_inner(sql)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.conn = None;
+                self.listening.clear();
+                Err(NotifyError::Timeout(LISTEN_TIMEOUT))
+            }
+        }
+    }
+
+    async fn run_listen_inner(&mut self, sql: &str) -> Result<(), NotifyError> {
         self.connect().await?;
         let Some(conn) = self.conn.as_mut() else {
             return Err(NotifyError::Connection("no connection".into()));
@@ -349,7 +383,7 @@ impl Listener {
             .get(topology.primary)
             .filter(|_| topology.primary_available)
         else {
-            return Err(NotifyError::Connection("no primary is available".into()));
+            return Err(NotifyError::NoPrimary);
         };
         let config = self.config.load();
         let mut conn = ServerConn::connect(
@@ -365,8 +399,10 @@ impl Listener {
         let channels: Vec<String> = lock(&self.hub.channels).keys().cloned().collect();
         for channel in &channels {
             let sql = format!("LISTEN {}", quote(channel));
-            if let Err(err) = conn.run_quiet(&sql).await {
-                return Err(NotifyError::Connection(err.to_string()));
+            match tokio::time::timeout(config.pool.connect_timeout, conn.run_quiet(&sql)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(NotifyError::Connection(err.to_string())),
+                Err(_) => return Err(NotifyError::Timeout(config.pool.connect_timeout)),
             }
         }
         tracing::info!(server = conn.addr(), channels = channels.len(), "listening");
@@ -474,6 +510,6 @@ async fn fill(conn: &mut Option<ServerConn>) -> Result<(), BackendError> {
 }
 
 /// A channel name as a quoted identifier.
-fn quote(channel: &str) -> String {
+pub fn quote(channel: &str) -> String {
     format!("\"{}\"", channel.replace('"', "\"\""))
 }
