@@ -211,7 +211,7 @@ impl Session {
         let client_marks = || attached.marks.iter().filter(|m| !m.internal);
         let waiting = (client_marks().filter(|m| !m.ready_hidden).count())
             .max(usize::from(!attached.deferred.is_empty()));
-        let hidden_last = client_marks().last().is_some_and(|m| m.ready_hidden);
+        let hidden_last = client_marks().next_back().is_some_and(|m| m.ready_hidden);
         let was_open = self.open == Some(slot) || hidden_last;
         let waiting = if self.retry_after_loss(slot, waiting) {
             waiting.saturating_sub(1)
