@@ -18,7 +18,7 @@ use super::batch::{Batch, LocalAnswer};
 use super::session::{Mark, PRIMARY, REPLICA, Session};
 use crate::config::ConsistencyMode;
 use crate::consistency::{self, ReadNeed, Verdict, format_lsn};
-use crate::monitor::{Topology, parse_lsn};
+use crate::monitor::{NodeState, Topology, parse_lsn};
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{Frame, sqlstate, tx_status};
 
@@ -79,7 +79,7 @@ impl Session {
         let state = topology.nodes.get(node)?;
         let admitted = topology.replica_eligible(node, stale_after);
         match consistency::judge(state, admitted, need) {
-            Verdict::Behind { min_lsn } if self.seen_replay_of(node) >= min_lsn => {
+            Verdict::Behind { min_lsn } if self.seen_replay_of(node, state) >= min_lsn => {
                 Some(Verdict::Serves)
             }
             Verdict::Behind { .. } if state.replay_paused == Some(true) => Some(Verdict::Refused),
@@ -87,11 +87,13 @@ impl Session {
         }
     }
 
-    fn seen_replay_of(&self, node: usize) -> u64 {
+    /// What this session saw `node` replay, if `node` is still the server it
+    /// asked: a reload may have put another server at that position.
+    fn seen_replay_of(&self, node: usize, state: &NodeState) -> u64 {
         self.seen_replay
             .iter()
-            .find(|(n, _)| *n == node)
-            .map_or(0, |(_, lsn)| *lsn)
+            .find(|(n, addr, _)| *n == node && is_addr_of(addr, &state.host, state.port))
+            .map_or(0, |(_, _, lsn)| *lsn)
     }
 
     /// Whether the attached replica may serve `need` without asking it.
@@ -114,6 +116,7 @@ impl Session {
             return false;
         }
         let node = attached.conn.conn.node;
+        let addr = attached.conn.conn.addr().to_owned();
         let answer = tokio::time::timeout(
             OWN_QUERY_TIMEOUT,
             attached.conn.conn.query_value(REPLAY_SQL),
@@ -135,9 +138,17 @@ impl Session {
         let Some(replayed) = replayed else {
             return false;
         };
-        match self.seen_replay.iter_mut().find(|(n, _)| *n == node) {
-            Some(entry) => entry.1 = entry.1.max(replayed),
-            None => self.seen_replay.push((node, replayed)),
+        match self
+            .seen_replay
+            .iter_mut()
+            .find(|(n, seen_addr, _)| *n == node && *seen_addr == addr)
+        {
+            Some(entry) => entry.2 = entry.2.max(replayed),
+            None => {
+                // Entries for a server no longer at this position are dead.
+                self.seen_replay.retain(|(n, _, _)| *n != node);
+                self.seen_replay.push((node, addr, replayed));
+            }
         }
         replayed >= min_lsn
     }
@@ -261,12 +272,11 @@ impl Session {
         };
         match lsn {
             Some(lsn) => self.learn_write_position(lsn, !failed),
-            None => {
-                tracing::warn!(
-                    "could not learn a write's commit position; the session reads from the primary until it can"
-                );
-                self.pending_keys.clear();
-            }
+            // Causal keys stay pending: the next capture records them at a
+            // later position, which is safe (never below their commit).
+            None => tracing::warn!(
+                "could not learn a write's commit position; the session reads from the primary until it can"
+            ),
         }
         self.out.extend_from_slice(&ready.raw);
     }
@@ -349,5 +359,25 @@ impl Session {
         } else {
             self.discard_until_sync = true;
         }
+    }
+}
+
+/// Whether `addr` ("host:port", as `ServerConn::addr`) names `host`:`port`.
+fn is_addr_of(addr: &str, host: &str, port: u16) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(h, p)| h == host && p.parse() == Ok(port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_addr_of;
+
+    #[test]
+    fn a_seen_replay_belongs_to_one_server() {
+        assert!(is_addr_of("127.0.0.1:5433", "127.0.0.1", 5433));
+        assert!(!is_addr_of("127.0.0.1:5433", "127.0.0.1", 5434));
+        assert!(!is_addr_of("10.0.0.2:5433", "127.0.0.1", 5433));
+        assert!(is_addr_of("::1:5433", "::1", 5433));
+        assert!(!is_addr_of("garbage", "garbage", 0));
     }
 }

@@ -16,6 +16,15 @@ impl Session {
         if self.active == Some(slot) {
             self.set_active(None);
         }
+        if slot == PRIMARY && !attached.is_idle() {
+            // A write's ReadyForQuery held for its commit position, whose
+            // answer is now never coming (the primary moved): the write is
+            // done, its position unknown, so reads need the primary until the
+            // next capture (`uncaptured` stays set).
+            if let Some((ready, _)) = self.held_ready.take() {
+                self.out.extend_from_slice(&ready.raw);
+            }
+        }
         // A connection with answers outstanding, a batch not yet closed by Sync
         // (after an error the server ignores everything up to Sync, so a reset would
         // hang), or an open transaction is closed instead of reused.

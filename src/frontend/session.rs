@@ -187,9 +187,10 @@ pub(crate) struct Session {
     /// is known, so the client never acts on a write the router cannot place yet.
     /// `true` with it: the batch failed, so no new token is announced.
     pub(super) held_ready: Option<(Frame, bool)>,
-    /// Replay positions this session read from replicas itself (node, LSN):
+    /// Replay positions this session read from replicas itself (node, its
+    /// "host:port", LSN):
     /// newer than the snapshot's when the monitor has not polled since.
-    pub(super) seen_replay: Vec<(usize, u64)>,
+    pub(super) seen_replay: Vec<(usize, String, u64)>,
     /// A read could not be judged while its replica was busy: nothing is
     /// dispatched until every answer is in (see `must_wait`).
     pub(super) wait_idle: bool,
