@@ -6,7 +6,7 @@
 mod auth;
 mod prepared;
 
-pub use prepared::PreparedSet;
+pub use prepared::{EVICTABLE_PREFIX, PreparedSet};
 
 use std::time::{Duration, Instant};
 

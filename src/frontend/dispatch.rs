@@ -11,7 +11,7 @@ use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{backend_tag, frontend_tag, sqlstate, tx_status};
 
 /// Prefix of the server-side names of client statements in transaction pooling.
-pub(super) const SERVER_NAME_PREFIX: &str = "pgr_";
+pub(super) const SERVER_NAME_PREFIX: &str = crate::backend::EVICTABLE_PREFIX;
 
 /// Past this many remembered session-state statements the session is pinned to
 /// the primary instead of replaying an ever longer log on every new connection.
@@ -399,12 +399,7 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
 /// server runs messages in order, so a Bind queued earlier has already used the
 /// statement, and a later Bind of it finds it missing and prepares it again.
 fn close_least_used_over(attached: &mut Attached, limit: usize) {
-    if let Some(name) = attached
-        .conn
-        .conn
-        .prepared
-        .over_limit(SERVER_NAME_PREFIX, limit)
-    {
+    if let Some(name) = attached.conn.conn.prepared.over_limit(limit) {
         inject_close_if_present(attached, &name);
     }
 }
