@@ -24,6 +24,10 @@
 //! classified under an older generation is not stored, so no decision made
 //! with a replaced policy can outlive the swap.
 //!
+//! Plain SELECTs are keyed by their text with literals replaced
+//! ([`super::normalize`]): a workload that inlines its constants then hits
+//! the cache instead of tokenizing every statement.
+//!
 //! This module must not classify anything itself: it calls [`classify_with`].
 
 use std::collections::{HashMap, VecDeque};
@@ -34,7 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
+use super::normalize::literal_key;
 use super::{Decision, FunctionPolicy, classify_with};
+
+thread_local! {
+    /// Where [`ClassifierCache::classify`] builds a text's literal key.
+    static LITERAL_KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 16;
@@ -114,22 +124,41 @@ impl ClassifierCache {
 
     /// Same as [`classify_with`] and the current policy, answered from the
     /// cache when the exact text was seen.
+    ///
+    /// A plain SELECT is keyed with its literals replaced (see
+    /// [`super::normalize`]), so `... WHERE id = 1` and `... WHERE id = 2`
+    /// share one entry; other texts are keyed by their exact text.
     pub fn classify(&self, sql: &str) -> Decision {
         if self.per_shard == 0 || sql.len() > MAX_CACHED_LEN {
             return classify_with(sql, &self.policy.load());
         }
-        self.classify_hashed(sql, self.hasher.hash_one(sql))
+        LITERAL_KEY.with(|buffer| {
+            // A buffer per thread: computing a key allocates nothing.
+            let mut buffer = buffer.borrow_mut();
+            let key = if literal_key(sql, &mut buffer) {
+                std::str::from_utf8(&buffer).unwrap_or(sql)
+            } else {
+                sql
+            };
+            self.classify_keyed(sql, key, self.hasher.hash_one(key))
+        })
     }
 
     /// The body of [`Self::classify`] with the hash given (tests force collisions).
+    #[cfg(test)]
     pub(super) fn classify_hashed(&self, sql: &str, hash: u64) -> Decision {
+        self.classify_keyed(sql, sql, hash)
+    }
+
+    /// Looks `key` up; on a miss classifies `sql` and stores the decision under `key`.
+    fn classify_keyed(&self, sql: &str, key: &str, hash: u64) -> Decision {
         let shard = &self.shards[shard_index(hash)];
         {
             let mut shard = lock(shard);
             let hit = shard
                 .map
                 .get(&hash)
-                .filter(|e| *e.text == *sql)
+                .filter(|e| *e.text == *key)
                 .map(|e| e.decision);
             match hit {
                 Some(decision) => {
@@ -143,7 +172,7 @@ impl ClassifierCache {
         let generation = self.generation.load(Ordering::Acquire);
         let decision = classify_with(sql, &self.policy.load());
         let entry = Entry {
-            text: sql.into(),
+            text: key.into(),
             decision,
         };
         let mut shard = lock(shard);

@@ -17,6 +17,7 @@
 //! - [`policy`]: [`FunctionPolicy`], what the primary's catalog and the config
 //!   say about user-defined functions.
 //! - [`listen`]: names the channel of a lone LISTEN/UNLISTEN.
+//! - `normalize.rs`: the literal-free cache key of a plain SELECT.
 //! - `cache.rs`: [`ClassifierCache`], a sharded bounded cache of decisions.
 //!
 //! How a text is classified:
@@ -45,6 +46,7 @@ pub mod functions;
 pub mod hints;
 mod keywords;
 pub mod listen;
+mod normalize;
 pub mod policy;
 mod simple;
 
