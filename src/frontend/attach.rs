@@ -10,6 +10,7 @@ use crate::config::NoReplica;
 use crate::consistency::{ReadNeed, Verdict};
 use crate::monitor::select::{self, Candidate};
 use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
+use crate::protocol::build::{self, Severity};
 use crate::protocol::sqlstate;
 
 /// A failure to get a connection, with the SQLSTATE the client is told.
@@ -19,6 +20,32 @@ pub(super) struct AttachError {
 }
 
 impl Session {
+    /// Tells the client why it could not be served: the server's own error when
+    /// there is one (e.g. 3D000 for a missing database), else a connection error.
+    pub(super) fn refuse(&mut self, err: &PoolError) {
+        match err {
+            PoolError::Backend(BackendError::Server { raw, .. }) => self.out.extend_from_slice(raw),
+            PoolError::Exhausted { .. } => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::TOO_MANY_CONNECTIONS,
+                &err.to_string(),
+            ),
+            PoolError::NoPrimary { .. } => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::CANNOT_CONNECT_NOW,
+                &err.to_string(),
+            ),
+            PoolError::Backend(_) => build::error_response(
+                &mut self.out,
+                Severity::Fatal,
+                sqlstate::UNABLE_TO_CONNECT,
+                &err.to_string(),
+            ),
+        }
+    }
+
     /// The connection for the current primary, checked out if needed. During a
     /// failover it waits up to `monitor.failover_timeout` for a primary to appear.
     pub(super) async fn attach_primary(&mut self) -> Result<(), PoolError> {

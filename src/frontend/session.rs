@@ -19,7 +19,7 @@ use super::batch::{Batch, Statement};
 use crate::backend::{BackendError, CancelTarget, Login};
 use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
-use crate::pool::{PoolError, PooledConn};
+use crate::pool::PooledConn;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
@@ -300,32 +300,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Tells the client why it could not be served: the server's own error when
-    /// there is one (e.g. 3D000 for a missing database), else a connection error.
-    pub(super) fn refuse(&mut self, err: &PoolError) {
-        match err {
-            PoolError::Backend(BackendError::Server { raw, .. }) => self.out.extend_from_slice(raw),
-            PoolError::Exhausted { .. } => build::error_response(
-                &mut self.out,
-                Severity::Fatal,
-                sqlstate::TOO_MANY_CONNECTIONS,
-                &err.to_string(),
-            ),
-            PoolError::NoPrimary { .. } => build::error_response(
-                &mut self.out,
-                Severity::Fatal,
-                sqlstate::CANNOT_CONNECT_NOW,
-                &err.to_string(),
-            ),
-            PoolError::Backend(_) => build::error_response(
-                &mut self.out,
-                Severity::Fatal,
-                sqlstate::UNABLE_TO_CONNECT,
-                &err.to_string(),
-            ),
-        }
     }
 
     async fn run(&mut self) -> Result<(), SessionError> {
