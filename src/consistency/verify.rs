@@ -146,6 +146,9 @@ pub enum VerifyError {
 
 const TABLE: &str = "pgrouter_verify";
 
+/// How long the replicas may take to replay the check table's setup.
+const SETUP_WAIT: Duration = Duration::from_secs(30);
+
 async fn connect(dsn: &str, what: &'static str) -> Result<Client, VerifyError> {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls)
         .await
@@ -183,6 +186,7 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, VerifyError
         .map_err(VerifyError::Setup)?
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| VerifyError::Answer("no primary port".into()))?;
+    wait_until_replicas_have_the_table(&admin, options).await?;
     let start = Instant::now();
     let deadline = start + options.duration;
     let lag = tokio::spawn(induce_lag(
@@ -216,6 +220,62 @@ pub async fn verify(options: &VerifyOptions) -> Result<VerifyReport, VerifyError
     let _ = lag.await;
     let report = total.lock().await.clone();
     Ok(report)
+}
+
+/// Sessions in mode `none` read replicas at once: the check table must be
+/// there first, or their reads fail with "relation does not exist". Replicas
+/// given by DSN are waited for exactly; through the router, reads in mode
+/// `none` must then succeed 10 times in a row (the balancer spreads them).
+async fn wait_until_replicas_have_the_table(
+    admin: &Client,
+    options: &VerifyOptions,
+) -> Result<(), VerifyError> {
+    let deadline = Instant::now() + SETUP_WAIT;
+    let lsn = first_value(
+        admin,
+        "/* pgrouter: primary */ SELECT pg_current_wal_lsn()::text",
+    )
+    .await
+    .map_err(VerifyError::Setup)?
+    .ok_or_else(|| VerifyError::Answer("no WAL position".into()))?;
+    let replayed = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+    for dsn in &options.pause_replicas {
+        let replica = connect(dsn, "a replica").await?;
+        while first_value(&replica, &replayed)
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some("t")
+        {
+            if Instant::now() >= deadline {
+                return Err(VerifyError::Answer(format!(
+                    "a replica did not replay {lsn}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let reader = connect(&options.dsn, "the router").await?;
+    reader
+        .simple_query("SET pgrouter.consistency = 'none'")
+        .await
+        .map_err(VerifyError::Setup)?;
+    let probe = format!("SELECT count(*) FROM {TABLE}");
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        if reader.simple_query(&probe).await.is_ok() {
+            in_a_row += 1;
+        } else if Instant::now() >= deadline {
+            return Err(VerifyError::Answer(format!(
+                "{TABLE} never became readable"
+            )));
+        } else {
+            in_a_row = 0;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Pauses replay on each replica for the middle third of the run.
@@ -272,7 +332,7 @@ async fn worker(
         value += 1;
         let write = format!("{key_hint}UPDATE {TABLE} SET v = {value} WHERE id = {id}");
         if let Err(err) = writer.simple_query(&write).await {
-            report.note_error(err.to_string());
+            report.note_error(describe(err));
             continue;
         }
         let read_hint = match options.pattern {
@@ -280,7 +340,7 @@ async fn worker(
                 Ok(Some(token)) => format!("/* pgrouter: after_lsn={token} */ "),
                 Ok(None) => String::new(),
                 Err(err) => {
-                    report.note_error(err.to_string());
+                    report.note_error(describe(err));
                     continue;
                 }
             },
@@ -304,6 +364,15 @@ async fn worker(
     Ok(report)
 }
 
+/// An error as the report shows it: a server's SQLSTATE and message, not
+/// tokio-postgres's bare "db error".
+fn describe(err: tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => err.to_string(),
+    }
+}
+
 impl VerifyReport {
     fn note_error(&mut self, err: String) {
         self.errors += 1;
@@ -314,7 +383,7 @@ impl VerifyReport {
 }
 
 async fn read_row(client: &Client, sql: &str) -> Result<(i64, u16), String> {
-    for message in client.simple_query(sql).await.map_err(|e| e.to_string())? {
+    for message in client.simple_query(sql).await.map_err(describe)? {
         if let SimpleQueryMessage::Row(row) = message {
             let seen = row.get(0).and_then(|v| v.parse().ok());
             let port = row.get(1).and_then(|p| p.parse().ok());
