@@ -323,29 +323,24 @@ fn prepares(batch: &Batch) -> bool {
         .any(|(_, need)| matches!(need, Need::Creates { .. } | Need::Statement(..)))
 }
 
+/// Whether `sql`'s first words are `words` (any case, a trailing `;` ignored).
+fn starts_with_words(sql: &str, words: &[&str]) -> bool {
+    let mut found = sql.split_whitespace().map(|w| w.trim_end_matches(';'));
+    words
+        .iter()
+        .all(|word| found.next().is_some_and(|w| w.eq_ignore_ascii_case(word)))
+}
+
 /// `DISCARD ALL`, which also ends every LISTEN.
 fn discards_all(sql: &str) -> bool {
-    let mut words = sql
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(';').to_ascii_uppercase());
-    words.next().as_deref() == Some("DISCARD") && words.next().as_deref() == Some("ALL")
+    starts_with_words(sql, &["DISCARD", "ALL"])
 }
 
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
 fn drops_prepared_statements(sql: &str) -> bool {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(3)
-        .map(|w| w.trim_end_matches(';').to_ascii_uppercase())
-        .collect();
-    matches!(
-        words
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice(),
-        ["DISCARD", "ALL", ..] | ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL"]
-    )
+    discards_all(sql)
+        || starts_with_words(sql, &["DEALLOCATE", "ALL"])
+        || starts_with_words(sql, &["DEALLOCATE", "PREPARE", "ALL"])
 }
 
 /// Before a message that uses or creates a named statement, makes the server's
@@ -420,5 +415,32 @@ fn inject_close_if_present(attached: &mut Attached, name: &str) {
             .push((backend_tag::CLOSE_COMPLETE, attached.sent_close));
         attached.sent_close += 1;
         attached.conn.conn.prepared.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{discards_all, drops_prepared_statements};
+
+    #[test]
+    fn statements_that_drop_server_state() {
+        for sql in [
+            "DISCARD ALL",
+            "discard all;",
+            "DEALLOCATE ALL",
+            "deallocate prepare all",
+        ] {
+            assert!(drops_prepared_statements(sql), "{sql}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "DEALLOCATE s1",
+            "DEALLOCATE PREPARE s1",
+            "DISCARD",
+        ] {
+            assert!(!drops_prepared_statements(sql), "{sql}");
+        }
+        assert!(discards_all("DISCARD ALL;"));
+        assert!(!discards_all("DEALLOCATE ALL"));
     }
 }

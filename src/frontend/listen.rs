@@ -198,6 +198,9 @@ impl Session {
     /// Gives the client its waiting notifications if it is idle: nothing in
     /// flight, no message half sent, outside any transaction.
     pub(super) fn deliver_notifications(&mut self) {
+        if self.listens.as_ref().is_none_or(|l| l.pending.is_empty()) {
+            return;
+        }
         let idle = self.active.is_none()
             && self.ready.is_empty()
             && self.open.is_none()

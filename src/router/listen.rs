@@ -4,6 +4,8 @@
 //! listening connection. Pure: says what the statement is, decides nothing.
 
 use sqlparser::ast::Statement;
+
+use super::hints::starts_with_word;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -30,6 +32,10 @@ impl ListenCommand {
 
 /// The LISTEN/UNLISTEN that `sql` consists of, if that is all it is.
 pub fn listen_command(sql: &str) -> Option<ListenCommand> {
+    // Most texts that pin a session are not LISTEN: no parse for them.
+    if !(starts_with_word(sql, "listen") || starts_with_word(sql, "unlisten")) {
+        return None;
+    }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     if statements.len() != 1 {
         return None;

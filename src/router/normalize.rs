@@ -39,7 +39,7 @@ pub fn literal_key(sql: &str, out: &mut Vec<u8>) -> bool {
                 if prev.is_some_and(|p| is_word_byte(p) || p == b'&') {
                     return false; // E'..', B'..', X'..', N'..', U&'..'
                 }
-                let Some(end) = string_end(bytes, i) else {
+                let Some(end) = quoted_end(bytes, i, b'\'') else {
                     return false;
                 };
                 out.push(PLACEHOLDER);
@@ -47,7 +47,7 @@ pub fn literal_key(sql: &str, out: &mut Vec<u8>) -> bool {
                 end
             }
             b'"' => {
-                let Some(end) = quoted_identifier_end(bytes, i) else {
+                let Some(end) = quoted_end(bytes, i, b'"') else {
                     return false;
                 };
                 out.extend_from_slice(&bytes[i..end]);
@@ -144,27 +144,16 @@ fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
-/// After the `'...'` starting at `start` (`''` is a quote inside); None when
-/// unterminated or holding a backslash.
-fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+/// After the string (`'...'`) or quoted identifier (`"..."`) starting at
+/// `start`, a doubled `quote` standing for one inside; None when unterminated,
+/// or for a string holding a backslash.
+fn quoted_end(bytes: &[u8], start: usize, quote: u8) -> Option<usize> {
     let mut i = start + 1;
     loop {
-        match bytes.get(i)? {
-            b'\\' => return None,
-            b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-}
-
-/// After the `"..."` starting at `start` (`""` is a quote inside).
-fn quoted_identifier_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + 1;
-    loop {
-        match bytes.get(i)? {
-            b'"' if bytes.get(i + 1) == Some(&b'"') => i += 2,
-            b'"' => return Some(i + 1),
+        match *bytes.get(i)? {
+            b'\\' if quote == b'\'' => return None,
+            c if c == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
+            c if c == quote => return Some(i + 1),
             _ => i += 1,
         }
     }
