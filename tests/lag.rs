@@ -172,3 +172,82 @@ async fn reload_lowers_the_threshold_without_dropping_clients() {
     writer.await.unwrap();
     env.stop().await;
 }
+
+/// Another session's DDL that the replicas have not replayed yet: a session
+/// that never wrote (so reads replicas) still finds the new table. The
+/// replica's "does not exist" is not the final answer; the primary's is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_replicas_have_not_replayed_yet_are_found_on_the_primary() {
+    use common::raw::*;
+    let env = trust_env_with(|c| {
+        c.monitor.max_replica_lag = Duration::from_secs(3600);
+        c.monitor.max_replica_lag_bytes = u64::MAX / 2;
+    })
+    .await;
+    for replica in 0..2 {
+        env.cluster.pause_replay(replica).await.unwrap();
+    }
+    let creator = env.client().await;
+    creator
+        .batch_execute("CREATE TABLE fresh_t (v int); INSERT INTO fresh_t VALUES (7)")
+        .await
+        .unwrap();
+
+    // Simple protocol first: tokio-postgres pipelines the Close of a dropped
+    // statement ahead of the next query, and a replica read with something
+    // still in flight ahead of it is never re-run (that could reorder answers).
+    let reader = env.client().await;
+    let rows = reader.simple_query("SELECT v FROM fresh_t").await.unwrap();
+    assert!(
+        rows.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("7"))
+        ),
+        "simple protocol"
+    );
+    let v: i32 = reader
+        .query_one("SELECT v FROM fresh_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 7, "extended protocol");
+
+    // asyncpg's way: Parse + Describe + Flush, the answers, then Bind/Execute/Sync.
+    let (mut raw, _) = raw_login(env.addr).await;
+    let prepare = [
+        parse("s1", "INSERT INTO fresh_t VALUES (8)"),
+        describe_statement("s1"),
+        flush(),
+    ];
+    send(&mut raw, &concat(&prepare)).await;
+    for expected in [b'1', b't', b'n'] {
+        match read_message(&mut raw, WAIT).await {
+            Incoming::Msg(tag, body) => assert_eq!(
+                tag as char,
+                expected as char,
+                "answer to Parse/Describe/Flush: {:?}",
+                fields(&body)
+            ),
+            other => panic!("answer to Parse/Describe/Flush: {other:?}"),
+        }
+    }
+    send(&mut raw, &concat(&[bind("", "s1"), execute(""), sync()])).await;
+    let answers = until_ready(&mut raw, WAIT, "Bind/Execute/Sync").await;
+    // ParameterStatus (the new write token) may come before ReadyForQuery.
+    let tags: String = answers
+        .iter()
+        .map(|(t, _)| *t as char)
+        .filter(|&t| t != 'S')
+        .collect();
+    assert_eq!(tags, "2CZ", "the insert ran");
+
+    // A table missing everywhere still gets PostgreSQL's error.
+    let err = reader
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
+    for replica in 0..2 {
+        env.cluster.resume_replay(replica).await.unwrap();
+    }
+    env.stop().await;
+}

@@ -73,16 +73,23 @@ impl Session {
             }
         };
         // Only a replica batch with nothing in flight ahead of it can be re-run
-        // elsewhere without reordering answers (see `retry`).
+        // elsewhere without reordering answers (see `retry`). A prepare-only
+        // section pgrouter closes with its own Sync counts as ended.
+        let hide_sync = !ends_sync && self.closes_prepare_section(&batch);
         let retryable = slot == REPLICA
-            && ends_sync
+            && judged
+            && (ends_sync || hide_sync)
             && self.tx_status == tx_status::IDLE
             && !self.tx_pending
             && !batch.begins_tx
             && self.open.is_none()
             && self.servers[REPLICA].as_ref().is_some_and(|a| a.is_idle());
         if retryable {
-            self.retry = Some(super::retry::RetryGuard::new(slot, batch.clone()));
+            self.retry = Some(super::retry::RetryGuard::new(
+                slot,
+                batch.clone(),
+                ends_sync,
+            ));
         }
         self.replay_session_state(slot);
         if batch.pins && !self.pinned {
@@ -107,7 +114,6 @@ impl Session {
             self.note_write(&batch);
         }
         let capture = slot == PRIMARY && may_commit && self.wants_capture();
-        let hide_sync = !ends_sync && self.closes_prepare_section(&batch);
         let max_prepared = self.shared.config.load().pool.max_prepared_statements;
         let Some(attached) = self.servers[slot].as_mut() else {
             return;

@@ -1,10 +1,13 @@
 //! The safety net behind routing: a replica read whose answer has not started
 //! yet can be re-run elsewhere, invisibly to the client.
 //!
-//! Two cases: the replica refuses the statement because it writes (SQLSTATE 25006,
+//! Three cases: the replica refuses the statement because it writes (SQLSTATE 25006,
 //! or "recovery is in progress": the classifier was wrong, which is logged and
-//! counted; it re-runs on the primary), or the replica connection dies (it re-runs
-//! on another qualifying replica, or the primary when none is left). Until the first result message
+//! counted; it re-runs on the primary); the replica lacks a table, function,
+//! column, type or schema (it may not have replayed another session's DDL yet:
+//! it re-runs on the primary, which gives the final answer); or the replica
+//! connection dies (it re-runs on another qualifying replica, or the primary
+//! when none is left). Until the first result message
 //! arrives, the messages that precede it (ParseComplete, BindComplete,
 //! RowDescription, ...) are held back, so a retry never shows the client anything twice.
 //! Only a batch with nothing else in flight behind it on that replica is retried,
@@ -25,20 +28,38 @@ const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 pub(crate) struct RetryGuard {
     pub slot: usize,
     pub batch: Batch,
+    /// Whether the batch ended with the client's Sync (else pgrouter's own).
+    ends_sync: bool,
     /// Answers held back until it is clear whether the batch stays on the replica.
     held: BytesMut,
     /// The replica refused the batch; re-run it once its ReadyForQuery is in.
-    refused: bool,
+    refused: Option<Refusal>,
+}
+
+/// Why a replica's answer is not the client's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The statement writes: the classifier was wrong.
+    Writes,
+    /// An object is missing there, perhaps only not replayed yet.
+    Missing,
 }
 
 impl RetryGuard {
-    pub fn new(slot: usize, batch: Batch) -> Self {
+    pub fn new(slot: usize, batch: Batch, ends_sync: bool) -> Self {
         Self {
             slot,
             batch,
+            ends_sync,
             held: BytesMut::new(),
-            refused: false,
+            refused: None,
         }
+    }
+
+    /// A batch re-run on the primary keeps its statements there: the
+    /// replica's failed Parse must not make the session forget them.
+    pub fn reruns_on_primary(&self, slot: usize) -> bool {
+        self.slot == slot && self.refused.is_some()
     }
 }
 
@@ -57,11 +78,23 @@ fn is_preamble(tag: u8) -> bool {
 }
 
 /// Whether a replica's error means "this statement needs the primary".
-fn needs_primary(body: &[u8]) -> Option<(String, String)> {
+fn needs_primary(body: &[u8]) -> Option<(Refusal, String, String)> {
     let (code, message) = error_fields(body);
-    let refused = code == sqlstate::READ_ONLY_SQL_TRANSACTION
+    let writes = code == sqlstate::READ_ONLY_SQL_TRANSACTION
         || (code == OBJECT_NOT_IN_PREREQUISITE_STATE && message.contains("recovery"));
-    refused.then_some((code, message))
+    let missing = [
+        sqlstate::UNDEFINED_TABLE,
+        sqlstate::UNDEFINED_FUNCTION,
+        sqlstate::UNDEFINED_OBJECT,
+        sqlstate::UNDEFINED_COLUMN,
+        sqlstate::INVALID_SCHEMA_NAME,
+    ]
+    .contains(&code.as_str());
+    match (writes, missing) {
+        (true, _) => Some((Refusal::Writes, code, message)),
+        (_, true) => Some((Refusal::Missing, code, message)),
+        _ => None,
+    }
 }
 
 impl Session {
@@ -85,12 +118,21 @@ impl Session {
             .as_ref()
             .is_some_and(|a| a.marks.len() == 1);
         if frame.tag == backend_tag::ERROR_RESPONSE && only_batch {
-            if let Some((code, message)) = needs_primary(frame.body()) {
-                guard.refused = true;
+            if let Some((refusal, code, message)) = needs_primary(frame.body()) {
+                guard.refused = Some(refusal);
                 guard.held.clear();
                 // The rest of the replica's answer, up to its ReadyForQuery, is not relayed.
                 if let Some(mark) = self.servers[slot].as_mut().and_then(|a| a.current_mark()) {
                     mark.internal = true;
+                }
+                if refusal == Refusal::Missing {
+                    self.shared.stats.count_read_retry();
+                    tracing::debug!(
+                        code,
+                        message,
+                        "replica lacks an object; re-running on the primary"
+                    );
+                    return;
                 }
                 self.shared.stats.count_misrouted();
                 if self.shared.stats.may_log_misroute() {
@@ -119,19 +161,24 @@ impl Session {
     pub(super) fn retry_after_ready(&mut self, slot: usize, internal: bool) {
         let Some(guard) = self
             .retry
-            .take_if(|g| g.slot == slot && (g.refused || !internal))
+            .take_if(|g| g.slot == slot && (g.refused.is_some() || !internal))
         else {
             return;
         };
-        if guard.refused {
+        let mut batch = guard.batch;
+        match guard.refused {
             // The replica said it writes: on the primary it counts as a write
             // (its commit position is learnt like any other's).
-            let mut batch = guard.batch;
-            batch.needs_primary = true;
-            batch.writes = true;
-            self.ready.push_front((PRIMARY, batch, true));
-        } else {
-            self.out.extend_from_slice(&guard.held);
+            Some(Refusal::Writes) => {
+                batch.needs_primary = true;
+                batch.writes = true;
+                self.ready.push_front((PRIMARY, batch, guard.ends_sync));
+            }
+            Some(Refusal::Missing) => {
+                batch.needs_primary = true;
+                self.ready.push_front((PRIMARY, batch, guard.ends_sync));
+            }
+            None => self.out.extend_from_slice(&guard.held),
         }
     }
 
@@ -151,7 +198,8 @@ impl Session {
         );
         // Routed afresh: the dead node is already marked down, so this picks
         // another qualifying replica, or the primary when none is left.
-        self.ready.push_front((REPLICA, guard.batch, true));
+        self.ready
+            .push_front((REPLICA, guard.batch, guard.ends_sync));
         true
     }
 }

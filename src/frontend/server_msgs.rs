@@ -154,7 +154,11 @@ impl Session {
             index >= done
         });
         let idle = attached.is_idle();
-        for (client_name, server_name) in failed_parses {
+        let rerun = self
+            .retry
+            .as_ref()
+            .is_some_and(|g| g.reruns_on_primary(slot));
+        for (client_name, server_name) in failed_parses.into_iter().filter(|_| !rerun) {
             // Unless the client has since prepared another statement by that name.
             if self
                 .statements

@@ -87,4 +87,9 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub const UNDEFINED_TABLE: &str = "42P01";
+    pub const UNDEFINED_FUNCTION: &str = "42883";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const UNDEFINED_COLUMN: &str = "42703";
+    pub const INVALID_SCHEMA_NAME: &str = "3F000";
 }
