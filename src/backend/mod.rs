@@ -8,6 +8,7 @@ mod prepared;
 
 pub use prepared::{EVICTABLE_PREFIX, PreparedSet};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -89,6 +90,9 @@ pub struct ServerConn {
     out: BytesMut,
     pid: i32,
     secret: i32,
+    /// What a cancel request for this connection needs, made once (a session
+    /// takes it at every checkout).
+    cancel: std::sync::OnceLock<Arc<CancelTarget>>,
     /// ParameterStatus values the server reported.
     pub params: Vec<(String, String)>,
     /// Status byte of the last ReadyForQuery.
@@ -158,6 +162,7 @@ impl ServerConn {
             out: BytesMut::with_capacity(4096),
             pid: 0,
             secret: 0,
+            cancel: std::sync::OnceLock::new(),
             params: Vec::new(),
             tx_status: tx_status::IDLE,
             prepared: PreparedSet::default(),
@@ -221,13 +226,17 @@ impl ServerConn {
     }
 
     /// Where to send a CancelRequest for this connection.
-    pub fn cancel_target(&self) -> CancelTarget {
-        CancelTarget {
-            host: self.host.clone(),
-            port: self.port,
-            pid: self.pid,
-            secret: self.secret,
-        }
+    pub fn cancel_target(&self) -> Arc<CancelTarget> {
+        self.cancel
+            .get_or_init(|| {
+                Arc::new(CancelTarget {
+                    host: self.host.clone(),
+                    port: self.port,
+                    pid: self.pid,
+                    secret: self.secret,
+                })
+            })
+            .clone()
     }
 
     /// The next frame already buffered, without I/O.
@@ -346,6 +355,15 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         to_server::terminate(&mut self.out);
         let _ = self.flush().await;
+    }
+
+    /// Sends Terminate if the socket takes it at once, then closes: for
+    /// callers that cannot wait (a full send buffer just means the server
+    /// sees the connection close instead).
+    pub fn terminate_now(mut self) {
+        self.out.clear();
+        to_server::terminate(&mut self.out);
+        let _ = self.writer.try_write(&self.out);
     }
 
     fn io(&self, source: std::io::Error) -> BackendError {

@@ -1,15 +1,16 @@
 //! Getting server connections for a session: which node (from the topology
 //! snapshot), from which pool, and what happens when none is available.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::session::{PRIMARY, REPLICA, Session, attach};
 use crate::backend::BackendError;
-use crate::config::NoReplica;
+use crate::config::{BalanceStrategy, Config, NoReplica};
 use crate::consistency::{ReadNeed, Verdict};
 use crate::monitor::select::{self, Candidate};
-use crate::pool::{NodeAddr, PoolError, PoolKey, PoolSettings, PooledConn};
+use crate::pool::{NodeAddr, PoolError, PoolHandle, PoolKey, PoolSettings, PooledConn};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::sqlstate;
 
@@ -98,7 +99,10 @@ impl Session {
                 return Ok(true);
             }
         }
-        let mut serving = Vec::new();
+        // The session's scratch list (no allocation per read); `behind` is
+        // only filled while a replica lags.
+        let mut serving = std::mem::take(&mut self.scratch_candidates);
+        serving.clear();
         let mut behind = Vec::new();
         for node in (0..topology.nodes.len()).filter(|&n| topology.replica_live(n, stale_after)) {
             let candidate = Candidate {
@@ -112,7 +116,9 @@ impl Session {
                 _ => {}
             }
         }
-        if self.attach_one_of(&serving).await {
+        let attached = self.attach_one_of(&serving).await;
+        self.scratch_candidates = serving;
+        if attached {
             return Ok(true);
         }
         if let Some(&(_, min_lsn)) = behind.first() {
@@ -146,8 +152,13 @@ impl Session {
     async fn attach_one_of(&mut self, candidates: &[Candidate]) -> bool {
         let config = self.shared.config.load_full();
         let turn = self.shared.replica_turn.fetch_add(1, Ordering::Relaxed);
-        let Some(node) = select::choose(candidates, config.balance.strategy, turn, rand::random())
-        else {
+        // Only the random strategy draws a number (thread-local generator).
+        let strategy = config.balance.strategy;
+        let random = match strategy {
+            BalanceStrategy::Random => rand::random(),
+            _ => 0,
+        };
+        let Some(node) = select::choose(candidates, strategy, turn, random) else {
             return false;
         };
         self.detach(REPLICA).await;
@@ -166,35 +177,23 @@ impl Session {
 
     /// Checks out a connection to `node`. A node that cannot be reached is marked
     /// down at once, not at the next poll.
-    async fn checkout(&self, node: usize) -> Result<PooledConn, PoolError> {
-        let config = self.shared.config.load();
-        let addr = config
-            .nodes
-            .get(node)
-            .map(|n| NodeAddr {
-                host: n.host.clone(),
-                port: n.port,
-                name: n.display_name(),
-            })
-            .ok_or_else(|| {
-                PoolError::Backend(BackendError::Protocol {
-                    addr: format!("node #{node}"),
-                    problem: "node no longer configured".into(),
-                })
-            })?;
-        let key = PoolKey {
-            node,
-            host: addr.host.clone(),
-            port: addr.port,
-            user: self.login.user.clone(),
-            database: self.login.database.clone(),
-            params: self.login.params.clone(),
+    async fn checkout(&mut self, node: usize) -> Result<PooledConn, PoolError> {
+        let settings = {
+            let config = self.shared.config.load();
+            self.pool_handles.refresh(&config);
+            if self.pool_handles.get(node).is_none() {
+                let handle = self.pool_handle(&config, node)?;
+                self.pool_handles.put(node, handle);
+            }
+            PoolSettings::from_config(&config)
         };
-        let settings = PoolSettings::from_config(&config);
+        let Some(pool) = self.pool_handles.get(node) else {
+            return Err(unconfigured(node));
+        };
         let result = self
             .shared
             .pools
-            .checkout(&key, &addr, &self.login, settings)
+            .checkout(pool, &self.login, settings)
             .await;
         if let Err(PoolError::Backend(
             BackendError::Connect { .. } | BackendError::Io { .. } | BackendError::Timeout { .. },
@@ -203,5 +202,65 @@ impl Session {
             self.shared.report_down(node);
         }
         result
+    }
+
+    /// Looks up the pool of `node` for this session's login (once per node
+    /// and configuration: see `PoolHandles`).
+    fn pool_handle(&self, config: &Config, node: usize) -> Result<PoolHandle, PoolError> {
+        let n = config.nodes.get(node).ok_or_else(|| unconfigured(node))?;
+        let key = PoolKey {
+            node,
+            host: n.host.clone(),
+            port: n.port,
+            user: self.login.user.clone(),
+            database: self.login.database.clone(),
+            params: self.login.params.clone(),
+        };
+        let addr = NodeAddr {
+            host: n.host.clone(),
+            port: n.port,
+            name: n.display_name(),
+        };
+        Ok(self.shared.pools.handle(&key, addr, config.pool.pool_size))
+    }
+}
+
+fn unconfigured(node: usize) -> PoolError {
+    PoolError::Backend(BackendError::Protocol {
+        addr: format!("node #{node}"),
+        problem: "node no longer configured".into(),
+    })
+}
+
+/// The session's pool handles by node, valid for one configuration snapshot:
+/// a reload may move a node position to another server, which is another pool.
+#[derive(Default)]
+pub(super) struct PoolHandles {
+    config: Option<Arc<Config>>,
+    by_node: Vec<Option<PoolHandle>>,
+}
+
+impl PoolHandles {
+    /// Forgets every handle if the configuration changed since they were made.
+    fn refresh(&mut self, config: &Arc<Config>) {
+        let current = self
+            .config
+            .as_ref()
+            .is_some_and(|held| Arc::ptr_eq(held, config));
+        if !current {
+            self.config = Some(config.clone());
+            self.by_node.clear();
+        }
+    }
+
+    fn get(&self, node: usize) -> Option<&PoolHandle> {
+        self.by_node.get(node).and_then(Option::as_ref)
+    }
+
+    fn put(&mut self, node: usize, handle: PoolHandle) {
+        if self.by_node.len() <= node {
+            self.by_node.resize(node + 1, None);
+        }
+        self.by_node[node] = Some(handle);
     }
 }

@@ -4,15 +4,21 @@
 
 use super::session::{PRIMARY, REPLICA, Session};
 use crate::config::PoolMode;
-use crate::pool::Release;
+use crate::pool::{PooledConn, Release};
 use crate::protocol::tx_status;
 
 impl Session {
     /// Gives a connection back: to its pool when it is clean, else closed.
     pub(super) async fn detach(&mut self, slot: usize) {
-        let Some(attached) = self.servers[slot].take() else {
-            return;
-        };
+        if let Some((conn, how)) = self.unhook(slot) {
+            conn.release(how).await;
+        }
+    }
+
+    /// Takes `slot`'s connection off the session. Returns it with the reset it
+    /// needs when it may be reused; one that may not is closed here.
+    fn unhook(&mut self, slot: usize) -> Option<(PooledConn, Release)> {
+        let attached = self.servers[slot].take()?;
         if self.active == Some(slot) {
             self.set_active(None);
         }
@@ -34,15 +40,16 @@ impl Session {
         if self.open == Some(slot) {
             self.open = None;
         }
-        if reusable {
-            // A pinned session left state DISCARD ALL must clear (temp tables,
-            // LISTEN, advisory locks, held cursors) whatever the pool mode.
-            let how = match self.pool_mode {
-                PoolMode::Transaction if !self.pinned => Release::AsIs,
-                _ => Release::Reset,
-            };
-            attached.conn.release(how).await;
+        if !reusable {
+            return None;
         }
+        // A pinned session left state DISCARD ALL must clear (temp tables,
+        // LISTEN, advisory locks, held cursors) whatever the pool mode.
+        let how = match self.pool_mode {
+            PoolMode::Transaction if !self.pinned => Release::AsIs,
+            _ => Release::Reset,
+        };
+        Some((attached.conn, how))
     }
 
     /// Transaction pooling: before waiting for a connection of one kind, gives
@@ -70,7 +77,9 @@ impl Session {
     /// Transaction pooling: gives back every server connection the session does
     /// not need right now, i.e. when it is between transactions with nothing in
     /// flight, queued or held. Pinned sessions keep theirs.
-    pub(super) async fn release_idle(&mut self) {
+    /// Needs no future: in transaction pooling an unpinned session's
+    /// connections go back as they are (see `unhook`).
+    pub(super) fn release_idle(&mut self) {
         if self.pool_mode != PoolMode::Transaction
             || self.pinned
             || self.tx_status != tx_status::IDLE
@@ -89,7 +98,9 @@ impl Session {
                 .as_ref()
                 .is_some_and(|a| a.is_idle() && a.conn.conn.tx_status == tx_status::IDLE);
             if idle {
-                self.detach(slot).await;
+                if let Some((conn, _as_is)) = self.unhook(slot) {
+                    conn.release_as_is();
+                }
             }
         }
     }

@@ -7,12 +7,13 @@
 //! answered everything; batches for the same connection pipeline freely.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
 
 use super::SessionError;
 use super::batch::{Batch, Statement};
@@ -197,9 +198,16 @@ pub(crate) struct Session {
     /// Channels this session listens on through pgrouter's shared listener,
     /// and notifications waiting for the client to be idle.
     pub(super) listens: Option<Box<super::listen::Listens>>,
+    /// The pools this session checks out from, looked up once per node.
+    pub(super) pool_handles: super::attach::PoolHandles,
+    /// Reused for every replica choice.
+    pub(super) scratch_candidates: Vec<crate::monitor::select::Candidate>,
     cancel_slot: CancelSlot,
     cancel_key: (i32, i32),
-    shutdown: watch::Receiver<bool>,
+    /// Completes once the router shuts down. Made once per session, not per
+    /// wait: a fresh `wait_for` each loop turn registered and removed a waiter
+    /// under the channel's lock twice per transaction.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
 }
 
 enum Event {
@@ -221,7 +229,10 @@ impl Session {
     ) -> Result<(), SessionError> {
         let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
         let cancel_key = shared.new_cancel_key(cancel_slot.clone());
-        let shutdown = shared.shutdown.clone();
+        let mut stop = shared.shutdown.clone();
+        let shutdown = Box::pin(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        });
         let mut session = Session {
             shared,
             login,
@@ -251,6 +262,8 @@ impl Session {
             seen_replay: Vec::new(),
             wait_idle: false,
             listens: None,
+            pool_handles: Default::default(),
+            scratch_candidates: Vec::new(),
             cancel_slot,
             cancel_key,
             shutdown,
@@ -336,7 +349,7 @@ impl Session {
                     Err(err) => return Err(err),
                 }
             }
-            Box::pin(self.release_idle()).await;
+            self.release_idle();
             self.deliver_notifications();
             self.flush_all().await?;
             match self.wait().await {
@@ -371,7 +384,8 @@ impl Session {
             read = fill(primary) => Event::Server(PRIMARY, read),
             read = fill(replica) => Event::Server(REPLICA, read),
             frame = super::listen::next_notification(&mut self.listens) => Event::Notification(frame),
-            _ = self.shutdown.wait_for(|stop| *stop) => Event::Shutdown,
+            // Polled again only if the loop went on after it fired; it never does.
+            () = &mut self.shutdown => Event::Shutdown,
         }
     }
 
@@ -463,7 +477,7 @@ impl Session {
 
 pub(super) fn attach(conn: PooledConn) -> Attached {
     Attached {
-        cancel: Arc::new(conn.conn.cancel_target()),
+        cancel: conn.conn.cancel_target(),
         conn,
         marks: VecDeque::new(),
         sent_parse: 0,

@@ -21,35 +21,39 @@ pub fn choose(
     turn: usize,
     random: u64,
 ) -> Option<usize> {
-    let weighted: Vec<&Candidate> = candidates.iter().filter(|c| c.weight > 0).collect();
-    if weighted.is_empty() {
+    // Iterators, not collected lists: this runs for every read in transaction
+    // pooling, and allocating here showed up in profiles.
+    let weighted = || candidates.iter().filter(|c| c.weight > 0);
+    let total: u64 = weighted().map(|c| u64::from(c.weight)).sum();
+    if total == 0 {
         return None;
     }
-    let total: u64 = weighted.iter().map(|c| u64::from(c.weight)).sum();
     match strategy {
         BalanceStrategy::LeastOutstanding => {
             // Fewest in flight per unit of weight: compare a/wa < b/wb as a*wb < b*wa.
             let load = |c: &Candidate| (c.outstanding as u128, u128::from(c.weight));
-            let best = weighted
-                .iter()
-                .map(|c| load(c))
+            let best = weighted()
+                .map(load)
                 .min_by(|(a, wa), (b, wb)| (a * wb).cmp(&(b * wa)))?;
-            let tied: Vec<&&Candidate> = weighted
-                .iter()
-                .filter(|c| {
+            let tied = || {
+                weighted().filter(move |c| {
                     let (o, w) = load(c);
                     o * best.1 == best.0 * w
                 })
-                .collect();
-            tied.get(turn % tied.len()).map(|c| c.node)
+            };
+            let count = tied().count();
+            tied().nth(turn % count.max(1)).map(|c| c.node)
         }
-        BalanceStrategy::RoundRobin => pick_by_weight(&weighted, turn as u64 % total),
-        BalanceStrategy::Random => pick_by_weight(&weighted, random % total),
+        BalanceStrategy::RoundRobin => pick_by_weight(weighted(), turn as u64 % total),
+        BalanceStrategy::Random => pick_by_weight(weighted(), random % total),
     }
 }
 
 /// The candidate whose weight band contains `point` (0 <= point < total weight).
-fn pick_by_weight(candidates: &[&Candidate], mut point: u64) -> Option<usize> {
+fn pick_by_weight<'a>(
+    candidates: impl Iterator<Item = &'a Candidate>,
+    mut point: u64,
+) -> Option<usize> {
     for candidate in candidates {
         let weight = u64::from(candidate.weight);
         if point < weight {

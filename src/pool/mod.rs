@@ -13,7 +13,7 @@
 //! wait queue are tokio's `Semaphore`. It must not look inside the traffic.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -61,7 +61,8 @@ struct Slot {
     node: usize,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
-    template: Mutex<Option<Template>>,
+    /// Set by the first checkout; read without a lock on every later one.
+    template: OnceLock<Template>,
 }
 
 impl Slot {
@@ -109,6 +110,24 @@ impl PoolSettings {
     }
 }
 
+/// One pool, looked up once. A session keeps a handle per node and reuses it
+/// for every checkout while the configuration is unchanged, so the hot path of
+/// transaction pooling (a checkout per transaction) builds no key, clones no
+/// strings and takes no map lock. Pools are never removed from [`Pools`], so a
+/// handle stays valid; a node list change gives new keys, hence new handles.
+#[derive(Clone)]
+pub struct PoolHandle {
+    slot: Arc<Slot>,
+    addr: NodeAddr,
+}
+
+impl PoolHandle {
+    /// The node this pool's connections go to.
+    pub fn node(&self) -> usize {
+        self.slot.node
+    }
+}
+
 /// All pools of one router.
 #[derive(Default)]
 pub struct Pools {
@@ -134,31 +153,35 @@ pub enum Release {
 }
 
 impl Pools {
-    fn slot(&self, key: &PoolKey, size: usize) -> Arc<Slot> {
+    /// The pool for `key` (created with room for `size` connections if new),
+    /// whose connections go to `addr`.
+    pub fn handle(&self, key: &PoolKey, addr: NodeAddr, size: usize) -> PoolHandle {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
+        let slot = match slots.get(key) {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(Slot {
                     node: key.node,
                     permits: Arc::new(Semaphore::new(size)),
                     idle: Mutex::new(Vec::new()),
-                    template: Mutex::new(None),
-                })
-            })
-            .clone()
+                    template: OnceLock::new(),
+                });
+                slots.insert(key.clone(), slot.clone());
+                slot
+            }
+        };
+        PoolHandle { slot, addr }
     }
 
     /// Takes an idle connection or opens a new one, waiting at most
     /// `checkout_timeout` (in FIFO order with other waiters) for a free place.
     pub async fn checkout(
         &self,
-        key: &PoolKey,
-        addr: &NodeAddr,
+        pool: &PoolHandle,
         login: &Login,
         settings: PoolSettings,
     ) -> Result<PooledConn, PoolError> {
-        let slot = self.slot(key, settings.pool_size);
+        let (slot, addr) = (&pool.slot, &pool.addr);
         let permit = match slot.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::time::timeout(
@@ -174,23 +197,23 @@ impl Pools {
                 size: settings.pool_size,
             })?,
         };
-        {
-            let mut template = slot.template.lock().unwrap_or_else(|p| p.into_inner());
-            if template.is_none() {
-                *template = Some(Template {
-                    addr: addr.clone(),
-                    login: login.clone(),
-                });
-            }
-        }
-        while let Some(conn) = take_idle(&slot, &settings) {
-            match healthy(conn, &settings).await {
-                Some(conn) => return Ok(PooledConn { conn, permit, slot }),
+        slot.template.get_or_init(|| Template {
+            addr: addr.clone(),
+            login: login.clone(),
+        });
+        // One clock read for every age check of this checkout.
+        let now = Instant::now();
+        while let Some(conn) = take_idle(slot, &settings, now) {
+            match healthy(conn, &settings, now).await {
+                Some(conn) => {
+                    let slot = slot.clone();
+                    return Ok(PooledConn { conn, permit, slot });
+                }
                 None => continue,
             }
         }
         let conn = ServerConn::connect(
-            key.node,
+            slot.node,
             &addr.host,
             addr.port,
             login,
@@ -198,6 +221,7 @@ impl Pools {
             settings.max_message,
         )
         .await?;
+        let slot = slot.clone();
         Ok(PooledConn { conn, permit, slot })
     }
 
@@ -226,24 +250,19 @@ impl Pools {
     pub async fn maintain(&self, settings: &PoolSettings) {
         for slot in self.all_slots() {
             expire_idle(&slot, settings);
-            let template = slot
-                .template
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(template) = template {
-                top_up(&slot, &template, settings).await;
+            if let Some(template) = slot.template.get() {
+                top_up(&slot, template, settings).await;
             }
         }
     }
 }
 
 /// The newest idle connection that is not past its limits (older ones are closed).
-fn take_idle(slot: &Slot, settings: &PoolSettings) -> Option<ServerConn> {
+fn take_idle(slot: &Slot, settings: &PoolSettings, now: Instant) -> Option<ServerConn> {
     let mut idle = slot.idle();
     while let Some(conn) = idle.pop() {
-        let expired = conn.created.elapsed() >= settings.max_lifetime
-            || conn.last_used.elapsed() >= settings.idle_timeout;
+        let expired = now.saturating_duration_since(conn.created) >= settings.max_lifetime
+            || now.saturating_duration_since(conn.last_used) >= settings.idle_timeout;
         if !expired {
             return Some(conn);
         }
@@ -252,8 +271,12 @@ fn take_idle(slot: &Slot, settings: &PoolSettings) -> Option<ServerConn> {
 }
 
 /// A connection idle for long is asked an empty query before reuse.
-async fn healthy(mut conn: ServerConn, settings: &PoolSettings) -> Option<ServerConn> {
-    if conn.last_used.elapsed() < settings.health_check_after {
+async fn healthy(
+    mut conn: ServerConn,
+    settings: &PoolSettings,
+    now: Instant,
+) -> Option<ServerConn> {
+    if now.saturating_duration_since(conn.last_used) < settings.health_check_after {
         return Some(conn);
     }
     match tokio::time::timeout(settings.connect_timeout, conn.run_quiet("")).await {
@@ -323,28 +346,38 @@ impl PooledConn {
     /// Returns the connection to its pool (after `DISCARD ALL` for
     /// [`Release::Reset`]); closes it if it is not clean or the reset fails.
     pub async fn release(self, how: Release) {
+        match how {
+            Release::AsIs => self.release_as_is(),
+            Release::Reset => self.release_after_reset().await,
+        }
+    }
+
+    /// [`Release::AsIs`] without a future: transaction pooling gives a
+    /// connection back after every transaction, so this is the hot path.
+    pub fn release_as_is(self) {
+        let PooledConn { conn, permit, slot } = self;
+        if conn.is_clean() {
+            keep_idle(&slot, conn);
+        } else {
+            tracing::debug!(
+                server = conn.addr(),
+                "server connection not idle at release; closing it"
+            );
+            conn.terminate_now();
+        }
+        drop(permit);
+    }
+
+    async fn release_after_reset(self) {
         let PooledConn {
             mut conn,
             permit,
             slot,
         } = self;
-        let outcome = match how {
-            Release::AsIs if conn.is_clean() => Ok(()),
-            Release::AsIs => Err(BackendError::Protocol {
-                addr: conn.addr().to_owned(),
-                problem: "connection not idle at release".into(),
-            }),
-            Release::Reset => {
-                // A server that does not answer the reset within this long is not worth keeping.
-                let reset = tokio::time::timeout(Duration::from_secs(5), conn.reset()).await;
-                reset.unwrap_or_else(|_| Err(conn.timeout_error()))
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                conn.last_used = Instant::now();
-                slot.idle().push(conn);
-            }
+        // A server that does not answer the reset within this long is not worth keeping.
+        let reset = tokio::time::timeout(Duration::from_secs(5), conn.reset()).await;
+        match reset.unwrap_or_else(|_| Err(conn.timeout_error())) {
+            Ok(()) => keep_idle(&slot, conn),
             Err(err) => {
                 tracing::debug!(%err, "server connection not reusable; closing it");
                 conn.terminate().await;
@@ -352,4 +385,10 @@ impl PooledConn {
         }
         drop(permit);
     }
+}
+
+/// Puts a clean connection on its pool's idle list.
+fn keep_idle(slot: &Slot, mut conn: ServerConn) {
+    conn.last_used = Instant::now();
+    slot.idle().push(conn);
 }
