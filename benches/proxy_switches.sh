@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Why a proxy costs what it costs: during `pgbench -S -c 16` through PgBouncer
 # (transaction pooling, pool 20) and through pgrouter, prints per transaction
-# the proxy's CPU time, its voluntary (blocked) and involuntary (preempted)
+# the proxy's CPU time (and its user and system parts), its voluntary (blocked) and involuntary (preempted)
 # context switches, and the whole machine's busy CPU time (all processes:
 # pgbench, proxy, servers). Direct runs against the primary and a replica
 # give the baseline without a proxy.
 #
 #   bash benches/proxy_switches.sh
 #   TARGETS="bouncer router" CLIENTS=16 DURATION=5 bash benches/proxy_switches.sh
+#   WARMUP=0 bash benches/proxy_switches.sh   # skip the 10 s unmeasured warm-up through the router
 #   RENICE=-5 bash benches/proxy_switches.sh   # experiment: the router's threads at nice -5
 #   RECORD=1 TARGETS=router bash benches/proxy_switches.sh   # perf record -g, then:
 #   perf report -i /tmp/proxy-switches/router.data --no-children --sort sym
@@ -36,7 +37,8 @@ start_bouncer transaction 20
 switches() {
     cat /proc/"$1"/task/*/status | awk '/^voluntary/ {v += $2} /^nonvoluntary/ {n += $2} END {print v + 0, n + 0}'
 }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# "user system" CPU ticks of a process.
+cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
@@ -45,7 +47,12 @@ if [ -n "${RENICE:-}" ]; then
     for task in /proc/"$demo_pid"/task/*; do renice -n "$RENICE" -p "${task##*/}" >/dev/null; done
 fi
 
-printf '%-8s %9s | per transaction: %10s %10s %10s %12s\n' target tps "proxy us" "voluntary" "preempted" "machine us"
+if [ "${WARMUP:-10}" -gt 0 ]; then
+    # Unmeasured: the replicas' first reads after `pgbench -i` are slower.
+    "$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "${WARMUP:-10}" "$ROUTER_URL" >/dev/null 2>&1 || true
+fi
+
+printf '%-8s %9s | per transaction: %10s %8s %8s %10s %10s %12s\n' target tps "proxy us" "user" "system" "voluntary" "preempted" "machine us"
 for target in $TARGETS; do
     case $target in
     bouncer) pid=$bouncer_pid url=$BOUNCER_URL ;;
@@ -55,7 +62,7 @@ for target in $TARGETS; do
     *) die "unknown target $target" ;;
     esac
     read -r v0 n0 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
-    c0=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    read -r u0 s0 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
     m0=$(machine_ticks)
     recorder=
     if [ -n "${RECORD:-}" ] && [ -n "$pid" ]; then
@@ -66,11 +73,11 @@ for target in $TARGETS; do
         sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     [ -n "$recorder" ] && wait "$recorder"
     read -r v1 n1 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
-    c1=$([ -n "$pid" ] && cpu_ticks "$pid" || echo 0)
+    read -r u1 s1 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
     m1=$(machine_ticks)
     [ -n "$txns" ] && [ "$txns" -gt 0 ] || die "pgbench through $target failed"
-    awk -v t="$target" -v x="$txns" -v d="$DURATION" -v c=$((c1 - c0)) -v m=$((m1 - m0)) \
+    awk -v t="$target" -v x="$txns" -v d="$DURATION" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v m=$((m1 - m0)) \
         -v v=$((v1 - v0)) -v n=$((n1 - n0)) -v us="$TICK_US" \
-        'BEGIN { printf "%-8s %9.0f | per transaction: %10.1f %10.2f %10.2f %12.1f\n", t, x / d, c * us / x, v / x, n / x, m * us / x }'
+        'BEGIN { printf "%-8s %9.0f | per transaction: %10.1f %8.1f %8.1f %10.2f %10.2f %12.1f\n", t, x / d, (u + s) * us / x, u * us / x, s * us / x, v / x, n / x, m * us / x }'
 done
 stop_bouncer

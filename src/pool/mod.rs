@@ -201,15 +201,16 @@ impl Pools {
             addr: addr.clone(),
             login: login.clone(),
         });
-        // One clock read for every age check of this checkout.
-        let now = Instant::now();
+        // One clock read for the age checks of this checkout, read again only
+        // after a failed health check (which may have waited).
+        let mut now = Instant::now();
         while let Some(conn) = take_idle(slot, &settings, now) {
             match healthy(conn, &settings, now).await {
                 Some(conn) => {
                     let slot = slot.clone();
                     return Ok(PooledConn { conn, permit, slot });
                 }
-                None => continue,
+                None => now = Instant::now(),
             }
         }
         let conn = ServerConn::connect(
