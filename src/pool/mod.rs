@@ -53,12 +53,13 @@ pub struct PoolKey {
 /// How to open more connections for a pool (kept for `min_idle`).
 #[derive(Clone)]
 struct Template {
-    addr: NodeAddr,
     login: Login,
 }
 
 struct Slot {
     node: usize,
+    /// Where its connections go (the key's host and port, the node's name).
+    addr: NodeAddr,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     /// Set by the first checkout; read without a lock on every later one.
@@ -118,7 +119,6 @@ impl PoolSettings {
 #[derive(Clone)]
 pub struct PoolHandle {
     slot: Arc<Slot>,
-    addr: NodeAddr,
 }
 
 impl PoolHandle {
@@ -154,7 +154,7 @@ pub enum Release {
 
 impl Pools {
     /// The pool for `key` (created with room for `size` connections if new),
-    /// whose connections go to `addr`.
+    /// whose connections go to `addr` (the first call's: the key fixes host and port).
     pub fn handle(&self, key: &PoolKey, addr: NodeAddr, size: usize) -> PoolHandle {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slot = match slots.get(key) {
@@ -162,6 +162,7 @@ impl Pools {
             None => {
                 let slot = Arc::new(Slot {
                     node: key.node,
+                    addr,
                     permits: Arc::new(Semaphore::new(size)),
                     idle: Mutex::new(Vec::new()),
                     template: OnceLock::new(),
@@ -170,7 +171,7 @@ impl Pools {
                 slot
             }
         };
-        PoolHandle { slot, addr }
+        PoolHandle { slot }
     }
 
     /// Takes an idle connection or opens a new one, waiting at most
@@ -181,7 +182,7 @@ impl Pools {
         login: &Login,
         settings: PoolSettings,
     ) -> Result<PooledConn, PoolError> {
-        let (slot, addr) = (&pool.slot, &pool.addr);
+        let (slot, addr) = (&pool.slot, &pool.slot.addr);
         let permit = match slot.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::time::timeout(
@@ -198,7 +199,6 @@ impl Pools {
             })?,
         };
         slot.template.get_or_init(|| Template {
-            addr: addr.clone(),
             login: login.clone(),
         });
         // One clock read for the age checks of this checkout, read again only
@@ -325,8 +325,8 @@ async fn top_up(slot: &Arc<Slot>, template: &Template, settings: &PoolSettings) 
         };
         let connected = ServerConn::connect(
             slot.node,
-            &template.addr.host,
-            template.addr.port,
+            &slot.addr.host,
+            slot.addr.port,
             &template.login,
             settings.connect_timeout,
             settings.max_message,
