@@ -178,22 +178,24 @@ impl Session {
     /// Checks out a connection to `node`. A node that cannot be reached is marked
     /// down at once, not at the next poll.
     async fn checkout(&mut self, node: usize) -> Result<PooledConn, PoolError> {
-        let settings = {
+        // The config guard is dropped before the checkout waits.
+        let (pool, settings) = {
             let config = self.shared.config.load();
             self.pool_handles.refresh(&config);
-            if self.pool_handles.get(node).is_none() {
-                let handle = self.pool_handle(&config, node)?;
-                self.pool_handles.put(node, handle);
-            }
-            PoolSettings::from_config(&config)
-        };
-        let Some(pool) = self.pool_handles.get(node) else {
-            return Err(unconfigured(node));
+            let pool = match self.pool_handles.get(node) {
+                Some(pool) => pool.clone(),
+                None => {
+                    let pool = self.pool_handle(&config, node)?;
+                    self.pool_handles.put(node, pool.clone());
+                    pool
+                }
+            };
+            (pool, PoolSettings::from_config(&config))
         };
         let result = self
             .shared
             .pools
-            .checkout(pool, &self.login, settings)
+            .checkout(&pool, &self.login, settings)
             .await;
         if let Err(PoolError::Backend(
             BackendError::Connect { .. } | BackendError::Io { .. } | BackendError::Timeout { .. },
