@@ -1,7 +1,7 @@
 # PgBouncer for the benchmark scripts in benches/, on the demo cluster that
 # benches/lib.sh started. Source it after lib.sh (it needs CLUSTER_PORT,
 # BOUNCER_PORT, DB_USER, DB_PASSWORD and lib.sh's `die` and `cleanup`).
-# Provides: ensure_pgbouncer, start_bouncer MODE POOL_SIZE [MAX_CLIENTS],
+# Provides: ensure_pgbouncer, start_bouncer MODE POOL_SIZE [MAX_CLIENTS [SERVER_PORT]],
 # stop_bouncer, $bouncer_pid; stops PgBouncer on exit.
 
 # Sets PGBOUNCER, installing Debian's package when missing (its service is not started).
@@ -38,13 +38,14 @@ stop_bouncer() {
 }
 trap 'status=$?; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
 
-# Starts PgBouncer in pool mode $1 with pool size $2, for up to $3 clients (5000).
+# Starts PgBouncer in pool mode $1 with pool size $2, for up to $3 clients
+# (5000), in front of the server on port $4 (the primary, $CLUSTER_PORT).
 start_bouncer() {
-    local mode=$1 size=$2 max_clients=${3:-5000}
+    local mode=$1 size=$2 max_clients=${3:-5000} server_port=${4:-$CLUSTER_PORT}
     stop_bouncer
     cat >"$bouncer_dir/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$CLUSTER_PORT dbname=postgres user=$DB_USER password=$DB_PASSWORD
+postgres = host=127.0.0.1 port=$server_port dbname=postgres user=$DB_USER password=$DB_PASSWORD
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT

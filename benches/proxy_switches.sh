@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Why a proxy costs what it costs: during `pgbench -S -c 16` through PgBouncer
 # (transaction pooling, pool 20) and through pgrouter, prints per transaction
-# the proxy's CPU time (and its user and system parts), its voluntary (blocked) and involuntary (preempted)
-# context switches, and the whole machine's busy CPU time (all processes:
-# pgbench, proxy, servers). Direct runs against the primary and a replica
-# give the baseline without a proxy.
+# the proxy's CPU time (and its user and system parts), its voluntary (blocked)
+# and involuntary (preempted) context switches, and the whole machine's busy
+# CPU time split by who spent it: pgbench, the PostgreSQL servers (every
+# `postgres` process alive at the start of the run, so direct runs, whose
+# backends come and go, show 0 there), the proxy, and the rest (kernel
+# threads, interrupts). On this machine the servers and pgbench share the CPUs
+# with the proxy, so TPS follows the machine's total, not the proxy's alone.
+#
+# Targets:
+#   primary, replica   pgbench straight to the primary / the first replica
+#   bouncer            PgBouncer in front of the primary (as in pgbouncer_compare.sh)
+#   bouncer-replica    PgBouncer in front of the first replica
+#   router             pgrouter (the demo) reading from both replicas
+#   router1            a second pgrouter reading from the first replica only
+# bouncer-replica against router1 compares the two proxies on the same server;
+# router1 against router shows what spreading reads over two replicas costs
+# when every replica runs on this same machine.
 #
 #   bash benches/proxy_switches.sh
 #   TARGETS="bouncer router" CLIENTS=16 DURATION=5 bash benches/proxy_switches.sh
@@ -15,7 +28,7 @@
 set -euo pipefail
 DURATION=${DURATION:-5}
 CLIENTS=${CLIENTS:-16}
-TARGETS=${TARGETS:-"primary replica bouncer router bouncer router"}
+TARGETS=${TARGETS:-"primary replica bouncer bouncer-replica router1 router bouncer bouncer-replica router1 router"}
 SCALE=${SCALE:-10} ROUTER_PORT=${ROUTER_PORT:-16432} CLUSTER_PORT=${CLUSTER_PORT:-25432}
 BOUNCER_PORT=${BOUNCER_PORT:-16543} BENCH_DIR=${BENCH_DIR:-/tmp/pgrouter-bench} MAX_THREADS=2
 DB_USER=pgrouter DB_PASSWORD=pgrouter
@@ -31,7 +44,53 @@ mkdir -p "$out"
 # shellcheck source=benches/bouncer.sh
 . benches/bouncer.sh
 ensure_pgbouncer
-start_bouncer transaction 20
+REPLICA_PORT=$((CLUSTER_PORT + 1))
+ROUTER1_PORT=$((ROUTER_PORT + 1))
+ROUTER1_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$ROUTER1_PORT/postgres"
+
+# PgBouncer in front of the server on port $1, restarted only when that changes.
+bouncer_server=
+bouncer_for() {
+    [ "$bouncer_server" = "$1" ] && return
+    start_bouncer transaction 20 5000 "$1"
+    bouncer_server=$1
+    # Unmeasured: PgBouncer opens its server connections.
+    "$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T 2 "$BOUNCER_URL" >/dev/null 2>&1 || true
+}
+
+# A second router with the primary and the first replica only.
+router1_pid=
+stop_router1() {
+    [ -n "$router1_pid" ] && kill -INT "$router1_pid" 2>/dev/null && wait "$router1_pid" 2>/dev/null
+    router1_pid=
+}
+trap 'status=$?; stop_router1; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
+start_router1() {
+    cat >"$work/router1.toml" <<TOML
+listen = "127.0.0.1:$ROUTER1_PORT"
+[[users]]
+name = "$DB_USER"
+password = "$DB_PASSWORD"
+[[nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = $CLUSTER_PORT
+role = "primary"
+[[nodes]]
+name = "replica0"
+host = "127.0.0.1"
+port = $REPLICA_PORT
+role = "replica"
+TOML
+    "$PGROUTER" run --config "$work/router1.toml" >"$work/router1.log" 2>&1 &
+    router1_pid=$!
+    for _ in $(seq 1 100); do
+        "$PSQL" -X -At -d "$ROUTER1_URL" -c "SELECT 1" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "the one-replica router did not start: $(tail -5 "$work/router1.log")"
+}
+case " $TARGETS " in *" router1 "*) start_router1 ;; esac
 
 # "voluntary involuntary" context switches over all threads of a process.
 switches() {
@@ -39,6 +98,16 @@ switches() {
 }
 # "user system" CPU ticks of a process.
 cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+# User + system CPU ticks summed over the processes listed in $1.
+ticks_of() {
+    local pid sum=0
+    for pid in $1; do
+        sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
+}
+# CPU ticks of this shell's finished children (pgbench runs here).
+children_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
@@ -50,20 +119,28 @@ fi
 if [ "${WARMUP:-10}" -gt 0 ]; then
     # Unmeasured: the replicas' first reads after `pgbench -i` are slower.
     "$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "${WARMUP:-10}" "$ROUTER_URL" >/dev/null 2>&1 || true
+    if [ -n "$router1_pid" ]; then
+        "$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "${WARMUP:-10}" "$ROUTER1_URL" >/dev/null 2>&1 || true
+    fi
 fi
 
-printf '%-8s %9s | per transaction: %10s %8s %8s %10s %10s %12s\n' target tps "proxy us" "user" "system" "voluntary" "preempted" "machine us"
+printf '%-15s %7s | per transaction: %7s %6s %6s %6s %6s | machine us: %6s %7s %7s %6s %6s\n' \
+    target tps "proxy" user system volunt preemp total pgbench servers proxy rest
 for target in $TARGETS; do
     case $target in
-    bouncer) pid=$bouncer_pid url=$BOUNCER_URL ;;
+    bouncer) bouncer_for "$CLUSTER_PORT" && pid=$bouncer_pid url=$BOUNCER_URL ;;
+    bouncer-replica) bouncer_for "$REPLICA_PORT" && pid=$bouncer_pid url=$BOUNCER_URL ;;
     router) pid=$demo_pid url=$ROUTER_URL ;;
+    router1) pid=$router1_pid url=$ROUTER1_URL ;;
     primary) pid= url=$DIRECT_URL ;;
     replica) pid= url=$REPLICA_URL ;;
     *) die "unknown target $target" ;;
     esac
+    [ -n "$url" ] || die "target $target is not running"
+    servers=$(pgrep -x postgres | tr '\n' ' ')
     read -r v0 n0 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
     read -r u0 s0 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
-    m0=$(machine_ticks)
+    m0=$(machine_ticks) srv0=$(ticks_of "$servers") c0=$(children_ticks)
     recorder=
     if [ -n "${RECORD:-}" ] && [ -n "$pid" ]; then
         perf record -F 2000 -g -p "$pid" -o "$out/$target.data" -- sleep "$DURATION" 2>/dev/null &
@@ -71,13 +148,19 @@ for target in $TARGETS; do
     fi
     txns=$("$PGBENCH" -n -S -c "$CLIENTS" -j 2 -T "$DURATION" "$url" 2>&1 |
         sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    # Before waiting for the recorder, whose CPU would count as pgbench's.
+    c1=$(children_ticks)
     [ -n "$recorder" ] && wait "$recorder"
     read -r v1 n1 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
     read -r u1 s1 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
-    m1=$(machine_ticks)
+    m1=$(machine_ticks) srv1=$(ticks_of "$servers")
     [ -n "$txns" ] && [ "$txns" -gt 0 ] || die "pgbench through $target failed"
     awk -v t="$target" -v x="$txns" -v d="$DURATION" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v m=$((m1 - m0)) \
-        -v v=$((v1 - v0)) -v n=$((n1 - n0)) -v us="$TICK_US" \
-        'BEGIN { printf "%-8s %9.0f | per transaction: %10.1f %8.1f %8.1f %10.2f %10.2f %12.1f\n", t, x / d, (u + s) * us / x, u * us / x, s * us / x, v / x, n / x, m * us / x }'
+        -v v=$((v1 - v0)) -v n=$((n1 - n0)) -v us="$TICK_US" -v b=$((c1 - c0)) -v srv=$((srv1 - srv0)) \
+        'BEGIN {
+            k = us / x
+            printf "%-15s %7.0f | per transaction: %7.1f %6.1f %6.1f %6.2f %6.2f | machine us: %6.1f %7.1f %7.1f %6.1f %6.1f\n",
+                t, x / d, (u + s) * k, u * k, s * k, v / x, n / x, m * k, b * k, srv * k, (u + s) * k, (m - b - srv - u - s) * k
+        }'
 done
 stop_bouncer
