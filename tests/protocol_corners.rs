@@ -106,3 +106,121 @@ async fn empty_query_and_parameter_status_changes() {
     assert_eq!(rows.len(), 2000);
     env.stop().await;
 }
+
+/// Runs one raw extended-protocol exchange up to ReadyForQuery.
+async fn exchange(
+    stream: &mut tokio::net::TcpStream,
+    messages: &[Vec<u8>],
+    what: &str,
+) -> Vec<(u8, Vec<u8>)> {
+    use common::raw::{WAIT, concat, send, until_ready};
+    send(stream, &concat(messages)).await;
+    until_ready(stream, WAIT, what).await
+}
+
+/// A Parse of a name the client has not closed fails as on PostgreSQL: 42P05
+/// naming the client's statement, after the answers to what came before it in
+/// the batch, and the first statement stays. In both pool modes (transaction
+/// pooling renames statements on the servers, session pooling does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
+    use common::raw::*;
+    use pgrouter::config::PoolMode;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let env = trust_env_with(|config| config.pool.mode = mode).await;
+        let (mut stream, _) = raw_login(env.addr).await;
+        let s = &mut stream;
+        let what = |step: &str| format!("{mode:?}: {step}");
+        let answer = exchange(s, &[parse("s1", "SELECT 1"), sync()], &what("first Parse")).await;
+        assert_eq!(tags(&answer), "1Z", "{}", what("first Parse"));
+
+        // The same name again, alone in its batch: the Bind after it is skipped.
+        let step = what("duplicate Parse");
+        let messages = [parse("s1", "SELECT 2"), bind("", "s1"), execute(""), sync()];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "EZ", "{step}");
+        let error = fields(&answer[0].1);
+        assert_eq!(code(&error), "42P05", "{step}");
+        assert_eq!(
+            error.get(&'M').map(String::as_str),
+            Some("prepared statement \"s1\" already exists"),
+            "{step}"
+        );
+
+        // Behind other work in the same batch: that work is answered first.
+        let step = what("duplicate Parse behind a Bind");
+        let messages = [
+            parse("s2", "SELECT 2"),
+            bind("", "s2"),
+            execute(""),
+            parse("s1", "SELECT 3"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "12DCEZ", "{step}");
+        assert_eq!(first_value(&answer).as_deref(), Some("2"), "{step}");
+        assert_eq!(error_codes(&answer), ["42P05"], "{step}");
+
+        // s1 still runs its first text, from a replica and from the primary.
+        for (sql_first, expected) in [(None, "1"), (Some("BEGIN READ WRITE"), "1")] {
+            let step = what(&format!("s1 after the duplicates ({sql_first:?})"));
+            if let Some(sql) = sql_first {
+                raw_query(s, sql).await;
+            }
+            let answer = exchange(s, &[bind("", "s1"), execute(""), sync()], &step).await;
+            assert_eq!(tags(&answer), "2DCZ", "{step}");
+            assert_eq!(first_value(&answer).as_deref(), Some(expected), "{step}");
+        }
+        raw_query(s, "COMMIT").await;
+
+        // A Parse that failed leaves no statement, even when the next Parse of
+        // that name is already on its way behind it (pipelined).
+        let step = what("Parse pipelined behind a failed one");
+        let messages = [
+            parse("s3", "SELEC 1"),
+            sync(),
+            parse("s3", "SELECT 6"),
+            bind("", "s3"),
+            execute(""),
+            sync(),
+        ];
+        send(s, &concat(&messages)).await;
+        assert_eq!(
+            error_codes(&until_ready(s, WAIT, &step).await),
+            ["42601"],
+            "{step}"
+        );
+        let answer = until_ready(s, WAIT, &step).await;
+        assert_eq!(tags(&answer), "12DCZ", "{step}");
+        assert_eq!(first_value(&answer).as_deref(), Some("6"), "{step}");
+
+        // DISCARD ALL drops every statement, as on PostgreSQL: a Bind of one
+        // fails and its name can be prepared again.
+        raw_query(s, "DISCARD ALL").await;
+        let step = what("Bind after DISCARD ALL");
+        let answer = exchange(s, &[bind("", "s2"), execute(""), sync()], &step).await;
+        assert_eq!(error_codes(&answer), ["26000"], "{step}");
+        let step = what("Parse after DISCARD ALL");
+        let messages = [parse("s2", "SELECT 5"), bind("", "s2"), execute(""), sync()];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "12DCZ", "{step}");
+        assert_eq!(first_value(&answer).as_deref(), Some("5"), "{step}");
+
+        // Once closed, the name can be used again.
+        let step = what("Parse after Close");
+        let messages = [
+            close_statement("s1"),
+            parse("s1", "SELECT 4"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "312DCZ", "{step}");
+        assert_eq!(first_value(&answer).as_deref(), Some("4"), "{step}");
+        assert_raw_usable(s, &what("afterwards")).await;
+        env.stop().await;
+    }
+}

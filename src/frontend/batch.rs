@@ -4,6 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SessionError;
 use super::session::{Flow, PRIMARY, REPLICA, Session};
@@ -37,6 +38,10 @@ pub(super) struct Statement {
     pub freshness: FreshnessHints,
     /// It may start COPY FROM STDIN (see `Batch::copy_in`).
     pub copy_in: bool,
+    /// The server answered its Parse with ParseComplete: it exists, so a Parse
+    /// of its name is refused (see `Need::Duplicate`). Until then the Parse
+    /// may still fail, and a new Parse of the name replaces it.
+    pub confirmed: AtomicBool,
 }
 
 /// A batch pgrouter answers itself instead of sending it to a server.
@@ -73,6 +78,15 @@ pub(super) enum Need {
     },
     /// A Close removing this statement there.
     Closes(String),
+    /// A client's Parse of a name its confirmed statement `existing` still
+    /// holds. PostgreSQL refuses it (42P05, "already exists"). The server gives
+    /// that answer itself, at its place in the batch, because the Parse is sent
+    /// under `existing`'s server name after making sure the connection has it.
+    Duplicate {
+        /// The client's name for it (what the error must say).
+        client: String,
+        existing: Arc<Statement>,
+    },
 }
 
 /// Messages bound for one connection, and what routing learned from them.
@@ -245,43 +259,7 @@ impl Session {
         }
         let tag = frame.tag;
         let need = match tag {
-            frontend_tag::PARSE => {
-                let (name, sql) = parse_message(frame.body()).map_err(bad)?;
-                // Only classified here: what it does counts when a Bind runs it
-                // (`statement_need`). A batch that only prepares statements
-                // needs no particular node (see `choose`).
-                let decision = self.shared.classifier.classify(sql);
-                let copy_in = may_copy_in(&decision, sql);
-                let freshness = freshness_hints(sql);
-                let hash = hash_bytes(parse_content(frame.body()).map_err(bad)?);
-                let name = name.to_owned();
-                let renamed = self.renames_statements() && !name.is_empty();
-                // A renamed statement's server copy has the same content whatever
-                // its history, so an existing one may always be replaced.
-                let stale_ok = renamed || !self.statements.contains_key(&name);
-                let server_name = if renamed {
-                    let server_name = format!("{}{hash:016x}", super::dispatch::SERVER_NAME_PREFIX);
-                    frame = with_statement_name(&frame, &server_name).map_err(bad)?;
-                    server_name
-                } else {
-                    name.clone()
-                };
-                let statement = Statement {
-                    parse: frame.clone(),
-                    server_name: server_name.clone(),
-                    hash,
-                    decision,
-                    freshness,
-                    copy_in,
-                };
-                self.statements.insert(name.clone(), Arc::new(statement));
-                Need::Creates {
-                    client: name,
-                    name: server_name,
-                    hash,
-                    stale_ok,
-                }
-            }
+            frontend_tag::PARSE => self.parse_need(&mut frame)?,
             frontend_tag::BIND => {
                 let (_portal, name) = bind_message(frame.body()).map_err(bad)?;
                 let need = self.statement_need(name, true);
@@ -328,6 +306,64 @@ impl Session {
             self.submit(batch, false).await;
         }
         Ok(())
+    }
+
+    /// Records a client's Parse (renaming it in transaction pooling) and says
+    /// what it needs from the connection it goes to.
+    fn parse_need(&mut self, frame: &mut Frame) -> Result<Need, SessionError> {
+        let (name, sql) = parse_message(frame.body()).map_err(bad)?;
+        if let Some(existing) = self.confirmed_statement(name) {
+            // The client's statement stays as it is: only the server's refusal
+            // goes back.
+            let client = name.to_owned();
+            if existing.server_name != client {
+                *frame = with_statement_name(frame, &existing.server_name).map_err(bad)?;
+            }
+            return Ok(Need::Duplicate { client, existing });
+        }
+        // Only classified here: what it does counts when a Bind runs it
+        // (`statement_need`). A batch that only prepares statements
+        // needs no particular node (see `choose`).
+        let decision = self.shared.classifier.classify(sql);
+        let copy_in = may_copy_in(&decision, sql);
+        let freshness = freshness_hints(sql);
+        let hash = hash_bytes(parse_content(frame.body()).map_err(bad)?);
+        let name = name.to_owned();
+        let renamed = self.renames_statements() && !name.is_empty();
+        // A renamed statement's server copy has the same content whatever
+        // its history, so an existing one may always be replaced.
+        let stale_ok = renamed || !self.statements.contains_key(&name);
+        let server_name = if renamed {
+            let server_name = format!("{}{hash:016x}", super::dispatch::SERVER_NAME_PREFIX);
+            *frame = with_statement_name(frame, &server_name).map_err(bad)?;
+            server_name
+        } else {
+            name.clone()
+        };
+        let statement = Statement {
+            parse: frame.clone(),
+            server_name: server_name.clone(),
+            hash,
+            decision,
+            freshness,
+            copy_in,
+            confirmed: AtomicBool::new(false),
+        };
+        self.statements.insert(name.clone(), Arc::new(statement));
+        Ok(Need::Creates {
+            client: name,
+            name: server_name,
+            hash,
+            stale_ok,
+        })
+    }
+
+    /// The client's named statement `name`, if the server has confirmed it.
+    fn confirmed_statement(&self, name: &str) -> Option<Arc<Statement>> {
+        self.statements
+            .get(name)
+            .filter(|s| !name.is_empty() && s.confirmed.load(Ordering::Relaxed))
+            .cloned()
     }
 
     /// Whether client statement names are replaced by server-side ones.

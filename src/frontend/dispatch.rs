@@ -120,6 +120,7 @@ impl Session {
         };
         let mut last_mark = None;
         let mut created = Vec::new();
+        let mut duplicates = Vec::new();
         for (frame, need) in batch.frames {
             let parses_before = attached.sent_parse;
             prepare_statement_for(attached, &need);
@@ -130,6 +131,14 @@ impl Session {
                 }
                 Need::Statement(name, _) if attached.sent_parse > parses_before => {
                     created.push((attached.sent_parse - 1, None, name));
+                }
+                Need::Duplicate { client, existing } => {
+                    // A re-sent Parse of the existing statement precedes the
+                    // client's (which fails and so creates nothing).
+                    if attached.sent_parse > parses_before + 1 {
+                        created.push((parses_before, None, existing.server_name.clone()));
+                    }
+                    duplicates.push((existing.server_name.clone(), client));
                 }
                 _ => {}
             }
@@ -144,6 +153,7 @@ impl Session {
             ) {
                 let mut mark = Mark::client(attached, frame.tag == frontend_tag::SYNC);
                 mark.created = std::mem::take(&mut created);
+                mark.duplicates = std::mem::take(&mut duplicates);
                 attached.marks.push_back(mark);
                 last_mark = Some(attached.marks.len() - 1);
             }
@@ -152,6 +162,7 @@ impl Session {
             to_server::sync(attached.conn.conn.out());
             let mut mark = Mark::client(attached, true);
             mark.created = std::mem::take(&mut created);
+            mark.duplicates = std::mem::take(&mut duplicates);
             mark.ready_hidden = true;
             attached.marks.push_back(mark);
         }
@@ -275,6 +286,9 @@ impl Session {
             if let Some(attached) = self.servers[slot].as_mut() {
                 attached.conn.conn.prepared.clear();
             }
+            // As on PostgreSQL, the client's statements are gone: their names
+            // may be prepared again, and a Bind of one fails on the server.
+            self.statements.clear();
         }
         if self.session_log.len() >= MAX_SESSION_LOG {
             if !self.pinned {
@@ -323,10 +337,12 @@ fn next_log_hash(previous: u64, sql: &str) -> u64 {
 /// Whether the batch makes a server prepare a statement (the client's Parse, or
 /// one pgrouter re-sends for a Describe).
 fn prepares(batch: &Batch) -> bool {
-    batch
-        .frames
-        .iter()
-        .any(|(_, need)| matches!(need, Need::Creates { .. } | Need::Statement(..)))
+    batch.frames.iter().any(|(_, need)| {
+        matches!(
+            need,
+            Need::Creates { .. } | Need::Statement(..) | Need::Duplicate { .. }
+        )
+    })
 }
 
 /// Whether `sql`'s first words are `words` (any case, a trailing `;` ignored).
@@ -391,6 +407,13 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
         Need::Closes(name) => {
             attached.sent_close += 1;
             attached.conn.conn.prepared.remove(name);
+        }
+        Need::Duplicate { existing, .. } => {
+            // The server refuses the client's Parse only if the statement it
+            // names is there.
+            let needed = Need::Statement(existing.server_name.clone(), existing.clone());
+            prepare_statement_for(attached, &needed);
+            attached.sent_parse += 1;
         }
     }
 }

@@ -2,11 +2,15 @@
 //! messages pgrouter injected, and keeps the session's view of each connection
 //! (transaction status, in-flight syncs) current.
 
+use std::sync::atomic::Ordering;
+
 use super::session::{PRIMARY, Session};
 use crate::backend::BackendError;
 use crate::monitor::parse_lsn;
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::{error_fields, first_column_text, function_result_text};
+use crate::protocol::fields::{
+    error_fields, first_column_text, function_result_text, replace_in_fields,
+};
 use crate::protocol::{Frame, backend_tag, sqlstate, tx_status};
 
 impl Session {
@@ -27,7 +31,7 @@ impl Session {
         }
     }
 
-    fn on_server_frame(&mut self, slot: usize, frame: Frame) {
+    fn on_server_frame(&mut self, slot: usize, mut frame: Frame) {
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
@@ -54,6 +58,13 @@ impl Session {
                 let addr = attached.conn.conn.addr().to_owned();
                 if let Some(mark) = attached.current_mark() {
                     mark.had_error = true;
+                    // The server refused a Parse under pgrouter's name for the
+                    // statement: the client must read its own name.
+                    if let Some((server, client)) = mark.duplicates.first() {
+                        if let Some(renamed) = replace_in_fields(&frame, server, client) {
+                            frame = renamed;
+                        }
+                    }
                     if mark.internal {
                         let (code, message) = error_fields(frame.body());
                         tracing::warn!(
@@ -139,6 +150,13 @@ impl Session {
                 if let Some(client_name) = client_name {
                     failed_parses.push((client_name.clone(), server_name.clone()));
                 }
+            } else if let Some(statement) = client_name
+                .as_ref()
+                .and_then(|name| self.statements.get(name))
+                .filter(|s| s.server_name == *server_name)
+            {
+                // It exists now: a Parse of its name is refused from here on.
+                statement.confirmed.store(true, Ordering::Relaxed);
             }
         }
         // Every Parse/Close sent before this Sync has been answered or skipped

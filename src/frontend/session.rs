@@ -55,6 +55,9 @@ pub(super) struct Mark {
     /// statement behind, so the client's name is forgotten (see `on_ready`).
     /// Injected re-Parses are listed too (client name None).
     pub created: Vec<(u64, Option<String>, String)>,
+    /// Client Parses of names that still hold a statement, which the server
+    /// refuses: (server name, client name), so the error names the client's.
+    pub duplicates: Vec<(String, String)>,
     /// pgrouter's own commit-position query (internal), and what it returned.
     pub captures: bool,
     pub captured: Option<u64>,
@@ -77,6 +80,7 @@ impl Mark {
             holds_ready: false,
             capture_after: false,
             created: Vec::new(),
+            duplicates: Vec::new(),
             captures: false,
             captured: None,
             ready_hidden: false,

@@ -272,6 +272,34 @@ pub fn with_statement_name(frame: &Frame, name: &str) -> Result<Frame, FieldErro
     Ok(Frame::from_parts(frame.tag, &new_body))
 }
 
+/// An ErrorResponse or NoticeResponse with every `from` in its field values
+/// replaced by `to`; `None` when `from` does not occur (or is empty). Field
+/// values are NUL-terminated and names hold no NUL, so a match never spans
+/// two fields and the field structure survives.
+pub fn replace_in_fields(frame: &Frame, from: &str, to: &str) -> Option<Frame> {
+    let (body, from) = (frame.body(), from.as_bytes());
+    let first = find(body, from)?;
+    let mut new_body = Vec::with_capacity(body.len() + to.len());
+    let mut rest = body;
+    let mut at = Some(first);
+    while let Some(position) = at {
+        new_body.extend_from_slice(&rest[..position]);
+        new_body.extend_from_slice(to.as_bytes());
+        rest = &rest[position + from.len()..];
+        at = find(rest, from);
+    }
+    new_body.extend_from_slice(rest);
+    Some(Frame::from_parts(frame.tag, &new_body))
+}
+
+/// Where `needle` first occurs in `haystack` (never for an empty needle).
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// The part of a Parse body after the statement name (query text and parameter
 /// types): what makes two prepared statements interchangeable.
 pub fn parse_content(body: &[u8]) -> Result<&[u8], FieldError> {
@@ -283,6 +311,26 @@ pub fn parse_content(body: &[u8]) -> Result<&[u8], FieldError> {
 #[cfg(test)]
 mod rename_tests {
     use super::*;
+
+    #[test]
+    fn names_in_error_fields_are_replaced_whole_frame_rebuilt() {
+        let body = b"SERROR\0C42P05\0Mprepared statement \"pgr_00ff\" already exists\0Dpgr_00ff pgr_00ff\0\0";
+        let frame = Frame::from_parts(b'E', body);
+        let renamed = replace_in_fields(&frame, "pgr_00ff", "s1").unwrap();
+        assert_eq!(
+            renamed.body(),
+            b"SERROR\0C42P05\0Mprepared statement \"s1\" already exists\0Ds1 s1\0\0"
+        );
+        let length = i32::from_be_bytes([
+            renamed.raw[1],
+            renamed.raw[2],
+            renamed.raw[3],
+            renamed.raw[4],
+        ]);
+        assert_eq!(length as usize, renamed.raw.len() - 1);
+        assert!(replace_in_fields(&frame, "pgr_0000", "s1").is_none());
+        assert!(replace_in_fields(&frame, "", "s1").is_none());
+    }
 
     fn frame(tag: u8, body: &[u8]) -> Frame {
         Frame::from_parts(tag, body)
