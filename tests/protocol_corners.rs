@@ -196,17 +196,101 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
         assert_eq!(tags(&answer), "12DCZ", "{step}");
         assert_eq!(first_value(&answer).as_deref(), Some("6"), "{step}");
 
-        // DISCARD ALL drops every statement, as on PostgreSQL: a Bind of one
-        // fails and its name can be prepared again.
-        raw_query(s, "DISCARD ALL").await;
-        let step = what("Bind after DISCARD ALL");
-        let answer = exchange(s, &[bind("", "s2"), execute(""), sync()], &step).await;
-        assert_eq!(error_codes(&answer), ["26000"], "{step}");
+        // Pipelined behind a batch whose error skipped the statement's re-Parse
+        // on a connection: still refused, and s1 still runs its text there.
+        let step = what("duplicate Parse pipelined behind a failed batch");
+        let messages = [
+            parse("u", "SELEC 1"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+            parse("s1", "SELECT 7"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ];
+        send(s, &concat(&messages)).await;
+        assert_eq!(
+            error_codes(&until_ready(s, WAIT, &step).await),
+            ["42601"],
+            "{step}"
+        );
+        assert_eq!(
+            error_codes(&until_ready(s, WAIT, &step).await),
+            ["42P05"],
+            "{step}"
+        );
+        for _ in 0..3 {
+            let answer = exchange(s, &[bind("", "s1"), execute(""), sync()], &step).await;
+            assert_eq!(first_value(&answer).as_deref(), Some("1"), "{step}");
+        }
+
+        // In a Flush-ended section inside a transaction (no Sync sent yet).
+        let step = what("duplicate Parse before a Flush in a transaction");
+        raw_query(s, "BEGIN").await;
+        send(s, &concat(&[parse("s1", "SELECT 8"), flush()])).await;
+        match read_message(s, WAIT).await {
+            Incoming::Msg(b'E', body) => {
+                let error = fields(&body);
+                assert_eq!(code(&error), "42P05", "{step}");
+                let message = error.get(&'M').map(String::as_str);
+                assert_eq!(
+                    message,
+                    Some("prepared statement \"s1\" already exists"),
+                    "{step}"
+                );
+            }
+            other => panic!("{step}: {other:?}"),
+        }
+        send(s, &sync()).await;
+        assert_eq!(tags(&until_ready(s, WAIT, &step).await), "Z", "{step}");
+        raw_query(s, "ROLLBACK").await;
+
+        // After DISCARD ALL the names may be prepared again, as on PostgreSQL;
+        // a statement parsed behind it in the same pipeline is refused again.
         let step = what("Parse after DISCARD ALL");
-        let messages = [parse("s2", "SELECT 5"), bind("", "s2"), execute(""), sync()];
+        let messages = [
+            query("DISCARD ALL"),
+            parse("s2", "SELECT 5"),
+            parse("s6", "SELECT 6"),
+            sync(),
+        ];
+        send(s, &concat(&messages)).await;
+        assert_eq!(tags(&until_ready(s, WAIT, &step).await), "CZ", "{step}");
+        assert_eq!(tags(&until_ready(s, WAIT, &step).await), "11Z", "{step}");
+        let messages = [parse("s6", "SELECT 9"), sync()];
+        assert_eq!(
+            error_codes(&exchange(s, &messages, &step).await),
+            ["42P05"],
+            "{step}"
+        );
+        let messages = [
+            bind("", "s2"),
+            execute(""),
+            bind("", "s6"),
+            execute(""),
+            sync(),
+        ];
         let answer = exchange(s, &messages, &step).await;
-        assert_eq!(tags(&answer), "12DCZ", "{step}");
-        assert_eq!(first_value(&answer).as_deref(), Some("5"), "{step}");
+        assert_eq!(tags(&answer), "2DC2DCZ", "{step}");
+
+        if mode == PoolMode::Session {
+            // SQL DEALLOCATE of one name frees it. (In transaction pooling the
+            // server knows the statement by pgrouter's name only: a known limit.)
+            let step = what("Parse after DEALLOCATE");
+            assert_eq!(
+                error_codes(&raw_query(s, "DEALLOCATE s2").await),
+                Vec::<String>::new()
+            );
+            let messages = [
+                parse("s2", "SELECT 10"),
+                bind("", "s2"),
+                execute(""),
+                sync(),
+            ];
+            let answer = exchange(s, &messages, &step).await;
+            assert_eq!(first_value(&answer).as_deref(), Some("10"), "{step}");
+        }
 
         // Once closed, the name can be used again.
         let step = what("Parse after Close");

@@ -419,6 +419,9 @@ impl Session {
                 batch.local = Some(LocalAnswer::Listen(command));
             }
         }
+        if let Some(sql) = &batch.state {
+            self.free_statement_names(sql);
+        }
         let slot = self.choose(&batch);
         if self.must_wait(slot, &batch) {
             self.ready.push_back((slot, batch, ends_sync));

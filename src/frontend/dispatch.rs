@@ -2,6 +2,8 @@
 //! session's state there (SET replay, prepared statements), then forward the
 //! client's frames unchanged.
 
+use std::sync::atomic::Ordering;
+
 use super::attach::AttachError;
 use super::batch::{Batch, LocalAnswer, Need};
 use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
@@ -119,8 +121,9 @@ impl Session {
             return;
         };
         let mut last_mark = None;
-        let mut created = Vec::new();
-        let mut duplicates = Vec::new();
+        // What an earlier batch without a Sync of its own left for this one's.
+        let mut created = std::mem::take(&mut attached.unsynced_created);
+        let mut duplicates = std::mem::take(&mut attached.unsynced_duplicates);
         for (frame, need) in batch.frames {
             let parses_before = attached.sent_parse;
             prepare_statement_for(attached, &need);
@@ -135,9 +138,7 @@ impl Session {
                 Need::Duplicate { client, existing } => {
                     // A re-sent Parse of the existing statement precedes the
                     // client's (which fails and so creates nothing).
-                    if attached.sent_parse > parses_before + 1 {
-                        created.push((parses_before, None, existing.server_name.clone()));
-                    }
+                    created.push((parses_before, None, existing.server_name.clone()));
                     duplicates.push((existing.server_name.clone(), client));
                 }
                 _ => {}
@@ -166,6 +167,9 @@ impl Session {
             mark.ready_hidden = true;
             attached.marks.push_back(mark);
         }
+        // No Sync yet (Flush): the next Sync's mark answers for these.
+        attached.unsynced_created = created;
+        attached.unsynced_duplicates = duplicates;
         let ends_sync = ends_sync || hide_sync;
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
@@ -277,6 +281,24 @@ impl Session {
         attached.conn.conn.session_state = log_hash;
     }
 
+    /// After `DISCARD ALL` or `DEALLOCATE`, the names of the statements it drops
+    /// may be prepared again, as on PostgreSQL: their Parses are no longer
+    /// refused. Called when such a statement is sent, so Parses pipelined behind
+    /// it are accepted, and again when it completes, for statements confirmed
+    /// meanwhile (Parses sent before it). Those parsed after it are confirmed
+    /// after it completes, so they stay refused. The client's statements are
+    /// kept: a Bind of one still finds it (prepared again where needed).
+    pub(super) fn free_statement_names(&self, sql: &str) {
+        if drops_prepared_statements(sql) {
+            for statement in self.statements.values() {
+                statement.confirmed.store(false, Ordering::Relaxed);
+            }
+        } else if let Some(statement) = deallocated_name(sql).and_then(|n| self.statements.get(&n))
+        {
+            statement.confirmed.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Remembers a session-state statement that completed on `slot`.
     pub(super) fn remember_state(&mut self, slot: usize, sql: std::sync::Arc<str>) {
         if let Some(Ok(setting)) = consistency::parse_setting(&sql) {
@@ -286,10 +308,8 @@ impl Session {
             if let Some(attached) = self.servers[slot].as_mut() {
                 attached.conn.conn.prepared.clear();
             }
-            // As on PostgreSQL, the client's statements are gone: their names
-            // may be prepared again, and a Bind of one fails on the server.
-            self.statements.clear();
         }
+        self.free_statement_names(&sql);
         if self.session_log.len() >= MAX_SESSION_LOG {
             if !self.pinned {
                 tracing::info!(
@@ -358,6 +378,29 @@ fn discards_all(sql: &str) -> bool {
     starts_with_words(sql, &["DISCARD", "ALL"])
 }
 
+/// The statement a `DEALLOCATE [PREPARE] name` drops (not `ALL`), as the
+/// server names it: an unquoted name folds to lower case.
+fn deallocated_name(sql: &str) -> Option<String> {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    let mut words = sql.splitn(2, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case("DEALLOCATE") {
+        return None;
+    }
+    let mut rest = words.next()?.trim_start();
+    if let Some((first, after)) = rest.split_once(char::is_whitespace) {
+        if first.eq_ignore_ascii_case("PREPARE") {
+            rest = after.trim_start();
+        }
+    }
+    if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        return Some(quoted.replace("\"\"", "\""));
+    }
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.eq_ignore_ascii_case("ALL") {
+        return None;
+    }
+    Some(rest.to_lowercase())
+}
+
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
 fn drops_prepared_statements(sql: &str) -> bool {
     discards_all(sql)
@@ -410,9 +453,25 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
         }
         Need::Duplicate { existing, .. } => {
             // The server refuses the client's Parse only if the statement it
-            // names is there.
-            let needed = Need::Statement(existing.server_name.clone(), existing.clone());
-            prepare_statement_for(attached, &needed);
+            // names is there. The connection's record is updated when a Parse is
+            // sent, not when it succeeds, so it is not trusted here: the statement
+            // is closed and prepared again (same text, so nothing changes for
+            // anyone), and the client's Parse after it is sure to fail.
+            close_statement(attached, &existing.server_name);
+            attached
+                .conn
+                .conn
+                .out()
+                .extend_from_slice(&existing.parse.raw);
+            attached
+                .swallow
+                .push((backend_tag::PARSE_COMPLETE, attached.sent_parse));
+            attached.sent_parse += 1;
+            attached
+                .conn
+                .conn
+                .prepared
+                .insert(existing.server_name.clone(), existing.hash);
             attached.sent_parse += 1;
         }
     }
@@ -438,6 +497,12 @@ fn inject_close_if_present(attached: &mut Attached, name: &str) {
     if name.is_empty() || !(known || name.starts_with(SERVER_NAME_PREFIX)) {
         return;
     }
+    close_statement(attached, name);
+}
+
+/// Closes statement `name` on the connection, swallowing the answer (closing a
+/// statement that is not there is no error).
+fn close_statement(attached: &mut Attached, name: &str) {
     if to_server::close_statement(attached.conn.conn.out(), name).is_ok() {
         attached
             .swallow
@@ -449,7 +514,7 @@ fn inject_close_if_present(attached: &mut Attached, name: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{discards_all, drops_prepared_statements};
+    use super::{deallocated_name, discards_all, drops_prepared_statements};
 
     #[test]
     fn statements_that_drop_server_state() {
@@ -471,5 +536,22 @@ mod tests {
         }
         assert!(discards_all("DISCARD ALL;"));
         assert!(!discards_all("DEALLOCATE ALL"));
+    }
+
+    #[test]
+    fn the_statement_a_deallocate_drops() {
+        for (sql, name) in [
+            ("DEALLOCATE s1", Some("s1")),
+            ("deallocate prepare S1;", Some("s1")),
+            ("DEALLOCATE \"My \"\"s\"\"\"", Some("My \"s\"")),
+            ("DEALLOCATE  PREPARE   x ", Some("x")),
+            ("DEALLOCATE ALL", None),
+            ("DEALLOCATE PREPARE ALL", None),
+            ("DEALLOCATE", None),
+            ("DISCARD ALL", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(deallocated_name(sql).as_deref(), name, "{sql}");
+        }
     }
 }

@@ -55,16 +55,21 @@ impl Session {
             }
             backend_tag::PARAMETER_STATUS => attached.conn.conn.note_parameter(&frame),
             backend_tag::ERROR_RESPONSE => {
+                // The server refused a Parse sent under pgrouter's name for the
+                // client's statement (see `Need::Duplicate`): the client must
+                // read its own name. Inside a Flush-ended section no mark exists yet.
+                let duplicate = match attached.current_mark() {
+                    Some(mark) => mark.duplicates.first().cloned(),
+                    None => attached.unsynced_duplicates.first().cloned(),
+                };
+                if let Some((server, client)) = duplicate {
+                    if let Some(renamed) = replace_in_fields(&frame, &server, &client) {
+                        frame = renamed;
+                    }
+                }
                 let addr = attached.conn.conn.addr().to_owned();
                 if let Some(mark) = attached.current_mark() {
                     mark.had_error = true;
-                    // The server refused a Parse under pgrouter's name for the
-                    // statement: the client must read its own name.
-                    if let Some((server, client)) = mark.duplicates.first() {
-                        if let Some(renamed) = replace_in_fields(&frame, server, client) {
-                            frame = renamed;
-                        }
-                    }
                     if mark.internal {
                         let (code, message) = error_fields(frame.body());
                         tracing::warn!(
@@ -140,6 +145,7 @@ impl Session {
             mark.had_error |= earlier.had_error;
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
+            mark.created.extend(earlier.created);
         }
         // A client Parse never answered with ParseComplete failed or was skipped
         // after an earlier error: no such statement exists, as on PostgreSQL.

@@ -115,6 +115,10 @@ pub(super) struct Attached {
     /// STDIN (PostgreSQL skips Sync in copy-in mode). They complete with the
     /// next ReadyForQuery, together with the mark in front of `marks`.
     pub deferred: Vec<Mark>,
+    /// `Mark::created` and `Mark::duplicates` of messages sent after the last
+    /// Sync (a Flush-ended section): they go on the next Sync's mark.
+    pub unsynced_created: Vec<(u64, Option<String>, String)>,
+    pub unsynced_duplicates: Vec<(String, String)>,
 }
 
 impl Attached {
@@ -485,6 +489,8 @@ pub(super) fn attach(conn: PooledConn) -> Attached {
         swallow: Vec::new(),
         applied: 0,
         deferred: Vec::new(),
+        unsynced_created: Vec::new(),
+        unsynced_duplicates: Vec::new(),
     }
 }
 
