@@ -163,6 +163,28 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
         assert_eq!(first_value(&answer).as_deref(), Some("2"), "{step}");
         assert_eq!(error_codes(&answer), ["42P05"], "{step}");
 
+        // Two duplicates in one batch: the server skips the second one's
+        // re-prepare after the first one's error; s2 must still run.
+        let step = what("two duplicate Parses in one batch");
+        let messages = [parse("s1", "SELECT 11"), parse("s2", "SELECT 12"), sync()];
+        assert_eq!(tags(&exchange(s, &messages, &step).await), "EZ", "{step}");
+        for _ in 0..3 {
+            let messages = [
+                bind("", "s2"),
+                execute(""),
+                bind("", "s1"),
+                execute(""),
+                sync(),
+            ];
+            let answer = exchange(s, &messages, &step).await;
+            assert_eq!(
+                tags(&answer),
+                "2DC2DCZ",
+                "{step}: {:?}",
+                error_codes(&answer)
+            );
+        }
+
         // s1 still runs its first text, from a replica and from the primary.
         for (sql_first, expected) in [(None, "1"), (Some("BEGIN READ WRITE"), "1")] {
             let step = what(&format!("s1 after the duplicates ({sql_first:?})"));

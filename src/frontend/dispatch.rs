@@ -398,7 +398,8 @@ fn deallocated_name(sql: &str) -> Option<String> {
     if rest.is_empty() || rest.contains(char::is_whitespace) || rest.eq_ignore_ascii_case("ALL") {
         return None;
     }
-    Some(rest.to_lowercase())
+    // PostgreSQL folds unquoted names in ASCII only (in UTF-8 databases).
+    Some(rest.to_ascii_lowercase())
 }
 
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
@@ -419,7 +420,12 @@ fn prepare_statement_for(attached: &mut Attached, need: &Need) {
                 attached.conn.conn.prepared.touch(name);
                 return;
             }
-            inject_close_if_present(attached, name);
+            // Closed first even when not known to be there: the record may be
+            // wrong after messages the server skipped (an error before Sync), and
+            // closing a missing statement is no error.
+            if !name.is_empty() {
+                close_statement(attached, name);
+            }
             attached
                 .conn
                 .conn
