@@ -334,7 +334,10 @@ impl Session {
         // its history, so an existing one may always be replaced.
         let stale_ok = renamed || !self.statements.contains_key(&name);
         let server_name = if renamed {
-            let server_name = format!("{}{hash:016x}", super::dispatch::SERVER_NAME_PREFIX);
+            let server_name = format!(
+                "{}{hash:016x}",
+                super::server_statements::SERVER_NAME_PREFIX
+            );
             *frame = with_statement_name(frame, &server_name).map_err(bad)?;
             server_name
         } else {

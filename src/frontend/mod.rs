@@ -14,6 +14,7 @@ mod listen;
 mod release;
 mod retry;
 mod server_msgs;
+mod server_statements;
 mod session;
 
 use std::net::SocketAddr;

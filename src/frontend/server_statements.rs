@@ -1,0 +1,235 @@
+//! What each server connection holds of a client's prepared statements: the
+//! Close/Parse pgrouter injects before a client's message so the server has
+//! exactly the statements the client expects, and the SQL statements that drop
+//! them. It only adds messages to a connection's output buffer; it never
+//! decides where a batch goes nor reads answers.
+
+use std::sync::atomic::Ordering;
+
+use super::batch::{Batch, Need, Statement};
+use super::session::{Attached, Session};
+use crate::protocol::backend_tag;
+use crate::protocol::build::to_server;
+
+/// Prefix of the server-side names of client statements in transaction pooling.
+pub(super) const SERVER_NAME_PREFIX: &str = crate::backend::EVICTABLE_PREFIX;
+
+impl Session {
+    /// After `DISCARD ALL` or `DEALLOCATE`, the names of the statements it drops
+    /// may be prepared again, as on PostgreSQL: their Parses are no longer
+    /// refused. Called when such a statement is sent, so Parses pipelined behind
+    /// it are accepted, and again when it completes, for statements confirmed
+    /// meanwhile (Parses sent before it). Those parsed after it are confirmed
+    /// after it completes, so they stay refused. The client's statements are
+    /// kept: a Bind of one still finds it (prepared again where needed).
+    pub(super) fn free_statement_names(&self, sql: &str) {
+        if drops_prepared_statements(sql) {
+            for statement in self.statements.values() {
+                statement.confirmed.store(false, Ordering::Relaxed);
+            }
+        } else if let Some(statement) = deallocated_name(sql).and_then(|n| self.statements.get(&n))
+        {
+            statement.confirmed.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the batch makes a server prepare a statement (the client's Parse, or
+/// one pgrouter re-sends for a Describe).
+pub(super) fn prepares(batch: &Batch) -> bool {
+    batch.frames.iter().any(|(_, need)| {
+        matches!(
+            need,
+            Need::Creates { .. } | Need::Statement(..) | Need::Duplicate { .. }
+        )
+    })
+}
+
+/// Whether `sql`'s first words are `words` (any case, a trailing `;` ignored).
+fn starts_with_words(sql: &str, words: &[&str]) -> bool {
+    let mut found = sql.split_whitespace().map(|w| w.trim_end_matches(';'));
+    words
+        .iter()
+        .all(|word| found.next().is_some_and(|w| w.eq_ignore_ascii_case(word)))
+}
+
+/// `DISCARD ALL`, which also ends every LISTEN.
+pub(super) fn discards_all(sql: &str) -> bool {
+    starts_with_words(sql, &["DISCARD", "ALL"])
+}
+
+/// The statement a `DEALLOCATE [PREPARE] name` drops (not `ALL`), as the
+/// server names it: an unquoted name folds to lower case.
+fn deallocated_name(sql: &str) -> Option<String> {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    let mut words = sql.splitn(2, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case("DEALLOCATE") {
+        return None;
+    }
+    let mut rest = words.next()?.trim_start();
+    if let Some((first, after)) = rest.split_once(char::is_whitespace) {
+        if first.eq_ignore_ascii_case("PREPARE") {
+            rest = after.trim_start();
+        }
+    }
+    if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        return Some(quoted.replace("\"\"", "\""));
+    }
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.eq_ignore_ascii_case("ALL") {
+        return None;
+    }
+    // PostgreSQL folds unquoted names in ASCII only (in UTF-8 databases).
+    Some(rest.to_ascii_lowercase())
+}
+
+/// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
+pub(super) fn drops_prepared_statements(sql: &str) -> bool {
+    discards_all(sql)
+        || starts_with_words(sql, &["DEALLOCATE", "ALL"])
+        || starts_with_words(sql, &["DEALLOCATE", "PREPARE", "ALL"])
+}
+
+/// Before a message that uses or creates a named statement, makes the server's
+/// set of statements match what the client expects, injecting Close/Parse whose
+/// answers are swallowed.
+pub(super) fn prepare_statement_for(attached: &mut Attached, need: &Need) {
+    match need {
+        Need::Nothing => {}
+        Need::Statement(name, statement) => {
+            if attached.conn.conn.prepared.get(name) == Some(&statement.hash) {
+                attached.conn.conn.prepared.touch(name);
+                return;
+            }
+            // Closed first even when not known to be there: the record may be
+            // wrong after messages the server skipped (an error before Sync), and
+            // closing a missing statement is no error.
+            if !name.is_empty() {
+                close_statement(attached, name);
+            }
+            inject_parse(attached, statement);
+        }
+        Need::Creates {
+            name,
+            hash,
+            stale_ok,
+            ..
+        } => {
+            if *stale_ok {
+                inject_close_if_present(attached, name);
+            }
+            attached.sent_parse += 1;
+            attached.conn.conn.prepared.insert(name.clone(), *hash);
+        }
+        Need::Closes(name) => {
+            attached.sent_close += 1;
+            attached.conn.conn.prepared.remove(name);
+        }
+        Need::Duplicate { existing, .. } => {
+            // The server refuses the client's Parse only if the statement it
+            // names is there. The connection's record is updated when a Parse is
+            // sent, not when it succeeds, so it is not trusted here: the statement
+            // is closed and prepared again (same text, so nothing changes for
+            // anyone), and the client's Parse after it is sure to fail.
+            close_statement(attached, &existing.server_name);
+            inject_parse(attached, existing);
+            attached.sent_parse += 1;
+        }
+    }
+}
+
+/// Sends `statement`'s Parse, whose answer is swallowed, and records it there.
+fn inject_parse(attached: &mut Attached, statement: &Statement) {
+    attached
+        .conn
+        .conn
+        .out()
+        .extend_from_slice(&statement.parse.raw);
+    attached
+        .swallow
+        .push((backend_tag::PARSE_COMPLETE, attached.sent_parse));
+    attached.sent_parse += 1;
+    attached
+        .conn
+        .conn
+        .prepared
+        .insert(statement.server_name.clone(), statement.hash);
+}
+
+/// Keeps at most `limit` of pgrouter's own statements on the connection by
+/// closing the least recently used one. Safe at any point of a pipeline: the
+/// server runs messages in order, so a Bind queued earlier has already used the
+/// statement, and a later Bind of it finds it missing and prepares it again.
+pub(super) fn close_least_used_over(attached: &mut Attached, limit: usize) {
+    if let Some(name) = attached.conn.conn.prepared.over_limit(limit) {
+        inject_close_if_present(attached, &name);
+    }
+}
+
+/// A named statement left on this connection from before the client closed or
+/// replaced it elsewhere must go before the client's Parse re-creates it.
+/// pgrouter's own server-side names (`pgr_...`, transaction pooling) are
+/// closed even when not known to be there: a Close the server skipped after an
+/// error may have left one behind, and closing a missing statement is no error.
+fn inject_close_if_present(attached: &mut Attached, name: &str) {
+    let known = attached.conn.conn.prepared.contains_key(name);
+    if name.is_empty() || !(known || name.starts_with(SERVER_NAME_PREFIX)) {
+        return;
+    }
+    close_statement(attached, name);
+}
+
+/// Closes statement `name` on the connection, swallowing the answer (closing a
+/// statement that is not there is no error).
+fn close_statement(attached: &mut Attached, name: &str) {
+    if to_server::close_statement(attached.conn.conn.out(), name).is_ok() {
+        attached
+            .swallow
+            .push((backend_tag::CLOSE_COMPLETE, attached.sent_close));
+        attached.sent_close += 1;
+        attached.conn.conn.prepared.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{deallocated_name, discards_all, drops_prepared_statements};
+
+    #[test]
+    fn statements_that_drop_server_state() {
+        for sql in [
+            "DISCARD ALL",
+            "discard all;",
+            "DEALLOCATE ALL",
+            "deallocate prepare all",
+        ] {
+            assert!(drops_prepared_statements(sql), "{sql}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "DEALLOCATE s1",
+            "DEALLOCATE PREPARE s1",
+            "DISCARD",
+        ] {
+            assert!(!drops_prepared_statements(sql), "{sql}");
+        }
+        assert!(discards_all("DISCARD ALL;"));
+        assert!(!discards_all("DEALLOCATE ALL"));
+    }
+
+    #[test]
+    fn the_statement_a_deallocate_drops() {
+        for (sql, name) in [
+            ("DEALLOCATE s1", Some("s1")),
+            ("deallocate prepare S1;", Some("s1")),
+            ("DEALLOCATE \"My \"\"s\"\"\"", Some("My \"s\"")),
+            ("DEALLOCATE  PREPARE   x ", Some("x")),
+            ("DEALLOCATE ALL", None),
+            ("DEALLOCATE PREPARE ALL", None),
+            ("DEALLOCATE", None),
+            ("DISCARD ALL", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(deallocated_name(sql).as_deref(), name, "{sql}");
+        }
+    }
+}
