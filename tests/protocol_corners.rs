@@ -314,6 +314,22 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
             assert_eq!(first_value(&answer).as_deref(), Some("10"), "{step}");
         }
 
+        // Other server errors about a statement name the client's too.
+        let step = what("Bind with too few parameters");
+        let messages = [
+            parse("s7", "SELECT $1::int"),
+            bind("", "s7"),
+            execute(""),
+            sync(),
+        ];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "1EZ", "{step}");
+        assert_eq!(
+            fields(&answer[1].1).get(&'M').map(String::as_str),
+            Some("bind message supplies 0 parameters, but prepared statement \"s7\" requires 1"),
+            "{step}"
+        );
+
         // Once closed, the name can be used again.
         let step = what("Parse after Close");
         let messages = [

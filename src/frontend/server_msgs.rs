@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::server_statements::with_client_names;
 use super::session::{PRIMARY, Session};
 use crate::backend::BackendError;
 use crate::monitor::parse_lsn;
@@ -66,6 +67,11 @@ impl Session {
                     if let Some(renamed) = replace_in_fields(&frame, &server, &client) {
                         frame = renamed;
                     }
+                }
+                // Any other error naming one of the client's statements by
+                // pgrouter's name (transaction pooling).
+                if let Some(renamed) = with_client_names(&frame, &self.statements) {
+                    frame = renamed;
                 }
                 let addr = attached.conn.conn.addr().to_owned();
                 if let Some(mark) = attached.current_mark() {

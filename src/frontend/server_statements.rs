@@ -4,12 +4,15 @@
 //! them. It only adds messages to a connection's output buffer; it never
 //! decides where a batch goes nor reads answers.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::batch::{Batch, Need, Statement};
 use super::session::{Attached, Session};
-use crate::protocol::backend_tag;
 use crate::protocol::build::to_server;
+use crate::protocol::fields::{find, replace_in_fields};
+use crate::protocol::{Frame, backend_tag};
 
 /// Prefix of the server-side names of client statements in transaction pooling.
 pub(super) const SERVER_NAME_PREFIX: &str = crate::backend::EVICTABLE_PREFIX;
@@ -30,6 +33,49 @@ impl Session {
         } else if let Some(statement) = deallocated_name(sql).and_then(|n| self.statements.get(&n))
         {
             statement.confirmed.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Length of a server-side statement name: the prefix and 16 hex digits.
+const SERVER_NAME_LEN: usize = SERVER_NAME_PREFIX.len() + 16;
+
+/// A server error that names pgrouter's server-side statements (`pgr_<hash>`,
+/// e.g. "bind message supplies 0 parameters, but prepared statement ...
+/// requires 1"), rewritten to name the client's. A name that several of the
+/// client's statements share (identical texts) is left as it is: which one
+/// the client used is not known here. `None` when nothing changes.
+pub(super) fn with_client_names(
+    frame: &Frame,
+    statements: &HashMap<String, Arc<Statement>>,
+) -> Option<Frame> {
+    let mut rewritten: Option<Frame> = None;
+    let mut from = 0;
+    loop {
+        let body = rewritten.as_ref().unwrap_or(frame).body();
+        let found = body
+            .get(from..)
+            .and_then(|rest| find(rest, SERVER_NAME_PREFIX.as_bytes()));
+        let Some(offset) = found else {
+            return rewritten;
+        };
+        let start = from + offset;
+        from = start + SERVER_NAME_PREFIX.len();
+        let Some(name) = body
+            .get(start..start + SERVER_NAME_LEN)
+            .and_then(|n| std::str::from_utf8(n).ok())
+        else {
+            continue;
+        };
+        let mut owners = statements.iter().filter(|(_, s)| s.server_name == name);
+        let (Some((client, _)), None) = (owners.next(), owners.next()) else {
+            continue;
+        };
+        let current = rewritten.as_ref().unwrap_or(frame);
+        if let Some(renamed) = replace_in_fields(current, name, client) {
+            // Searching goes on after the client's name.
+            from = start + client.len();
+            rewritten = Some(renamed);
         }
     }
 }

@@ -293,7 +293,7 @@ pub fn replace_in_fields(frame: &Frame, from: &str, to: &str) -> Option<Frame> {
 }
 
 /// Where `needle` first occurs in `haystack` (never for an empty needle).
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return None;
     }
