@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::session::{PRIMARY, REPLICA, Session, attach};
+use super::attached::attach;
+use super::session::{PRIMARY, REPLICA, Session};
 use crate::backend::BackendError;
 use crate::config::{BalanceStrategy, Config, NoReplica};
 use crate::consistency::{ReadNeed, Verdict};

@@ -3,11 +3,12 @@
 //! client's frames unchanged.
 
 use super::attach::AttachError;
+use super::attached::{Attached, Mark};
 use super::batch::{Batch, LocalAnswer, Need};
 use super::server_statements::{
     close_least_used_over, discards_all, drops_prepared_statements, prepare_statement_for, prepares,
 };
-use super::session::{Attached, Mark, PRIMARY, REPLICA, Session};
+use super::session::{PRIMARY, REPLICA, Session};
 use crate::consistency::{self, ReadNeed};
 use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};

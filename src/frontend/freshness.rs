@@ -14,8 +14,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::attached::Mark;
 use super::batch::{Batch, LocalAnswer};
-use super::session::{Mark, PRIMARY, REPLICA, Session};
+use super::session::{PRIMARY, REPLICA, Session};
 use crate::config::ConsistencyMode;
 use crate::consistency::{self, ReadNeed, Verdict, format_lsn};
 use crate::monitor::{NodeState, Topology, parse_lsn};

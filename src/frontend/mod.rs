@@ -6,6 +6,7 @@
 //! pass through as bytes), and one client's failure must never reach another.
 
 mod attach;
+mod attached;
 mod auth;
 mod batch;
 mod dispatch;

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::attached::Attached;
 use super::batch::{Batch, Need, Statement};
-use super::session::{Attached, Session};
+use super::session::Session;
 use crate::protocol::build::to_server;
 use crate::protocol::fields::{find, replace_in_fields};
 use crate::protocol::{Frame, backend_tag};

@@ -15,11 +15,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::SessionError;
+use super::attached::Attached;
 use super::batch::{Batch, Statement};
-use crate::backend::{BackendError, CancelTarget, Login};
+use crate::backend::{BackendError, Login};
 use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
-use crate::pool::PooledConn;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
 use crate::server::{CancelSlot, Shared};
@@ -32,109 +32,6 @@ pub(super) const REPLICA: usize = 1;
 /// Output buffer a client starts with, and the most an idle one keeps.
 const CLIENT_OUT_BUFFER: usize = 1024;
 const CLIENT_OUT_KEEP: usize = 64 * 1024;
-
-/// One expected ReadyForQuery on a server connection.
-pub(super) struct Mark {
-    /// Sent by pgrouter itself (session replay): its responses are not relayed.
-    pub internal: bool,
-    /// Parse/Close messages sent up to this Sync, to resynchronise counters.
-    pub parse: u64,
-    pub close: u64,
-    pub had_error: bool,
-    /// A session-state statement to remember once this completes without error.
-    pub state: Option<Arc<str>>,
-    pub began_tx: bool,
-    /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
-    pub extended: bool,
-    /// The commit-position query follows: hold this ReadyForQuery until it answers.
-    pub holds_ready: bool,
-    /// Send the commit-position query when this completes (after a COPY).
-    pub capture_after: bool,
-    /// Client Parses in this batch: (index among the connection's Parses,
-    /// client name, server name). One the server skipped or refused leaves no
-    /// statement behind, so the client's name is forgotten (see `on_ready`).
-    /// Injected re-Parses are listed too (client name None).
-    pub created: Vec<(u64, Option<String>, String)>,
-    /// Client Parses of names that still hold a statement, which the server
-    /// refuses: (server name, client name), so the error names the client's.
-    pub duplicates: Vec<(String, String)>,
-    /// pgrouter's own commit-position query (internal), and what it returned.
-    pub captures: bool,
-    pub captured: Option<u64>,
-    /// pgrouter added this Sync behind a client's Flush (see
-    /// `Session::closes_prepare_section`): relay the answers, not the ReadyForQuery.
-    pub ready_hidden: bool,
-}
-
-impl Mark {
-    /// The mark of a client's batch (its answers are relayed).
-    pub fn client(attached: &Attached, extended: bool) -> Mark {
-        Mark {
-            internal: false,
-            parse: attached.sent_parse,
-            close: attached.sent_close,
-            had_error: false,
-            state: None,
-            began_tx: false,
-            extended,
-            holds_ready: false,
-            capture_after: false,
-            created: Vec::new(),
-            duplicates: Vec::new(),
-            captures: false,
-            captured: None,
-            ready_hidden: false,
-        }
-    }
-
-    /// The mark of a query pgrouter sent itself (its answers are swallowed).
-    pub fn internal(attached: &Attached, captures: bool) -> Mark {
-        Mark {
-            internal: true,
-            captures,
-            ..Mark::client(attached, false)
-        }
-    }
-}
-
-/// A server connection attached to the session, with relay bookkeeping.
-pub(super) struct Attached {
-    pub conn: PooledConn,
-    pub cancel: Arc<CancelTarget>,
-    pub marks: VecDeque<Mark>,
-    pub sent_parse: u64,
-    pub sent_close: u64,
-    pub seen_parse: u64,
-    pub seen_close: u64,
-    /// (tag, index) of ParseComplete/CloseComplete answers to messages pgrouter
-    /// injected, which the client must not see.
-    pub swallow: Vec<(u8, u64)>,
-    /// How many entries of the session log this connection has applied.
-    pub applied: usize,
-    /// Marks whose Sync the server ignored because it arrived during COPY FROM
-    /// STDIN (PostgreSQL skips Sync in copy-in mode). They complete with the
-    /// next ReadyForQuery, together with the mark in front of `marks`.
-    pub deferred: Vec<Mark>,
-    /// `Mark::created` and `Mark::duplicates` of messages sent after the last
-    /// Sync (a Flush-ended section): they go on the next Sync's mark.
-    pub unsynced_created: Vec<(u64, Option<String>, String)>,
-    pub unsynced_duplicates: Vec<(String, String)>,
-}
-
-impl Attached {
-    /// The mark that the frames now arriving answer.
-    pub fn current_mark(&mut self) -> Option<&mut Mark> {
-        match self.deferred.first_mut() {
-            Some(mark) => Some(mark),
-            None => self.marks.front_mut(),
-        }
-    }
-
-    /// No answer is outstanding.
-    pub fn is_idle(&self) -> bool {
-        self.marks.is_empty() && self.deferred.is_empty()
-    }
-}
 
 /// What to do after a client message.
 #[derive(PartialEq, Eq)]
@@ -474,23 +371,6 @@ impl Session {
         for slot in [PRIMARY, REPLICA] {
             self.detach(slot).await;
         }
-    }
-}
-
-pub(super) fn attach(conn: PooledConn) -> Attached {
-    Attached {
-        cancel: conn.conn.cancel_target(),
-        conn,
-        marks: VecDeque::new(),
-        sent_parse: 0,
-        sent_close: 0,
-        seen_parse: 0,
-        seen_close: 0,
-        swallow: Vec::new(),
-        applied: 0,
-        deferred: Vec::new(),
-        unsynced_created: Vec::new(),
-        unsynced_duplicates: Vec::new(),
     }
 }
 
