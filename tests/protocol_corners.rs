@@ -118,6 +118,12 @@ async fn exchange(
     until_ready(stream, WAIT, what).await
 }
 
+/// Parse, Bind and Execute of statement `name`, then Sync.
+fn prepare_and_run(name: &str, sql: &str) -> Vec<Vec<u8>> {
+    use common::raw::{bind, execute, parse, sync};
+    vec![parse(name, sql), bind("", name), execute(""), sync()]
+}
+
 /// A Parse of a name the client has not closed fails as on PostgreSQL: 42P05
 /// naming the client's statement, after the answers to what came before it in
 /// the batch, and the first statement stays. In both pool modes (transaction
@@ -136,7 +142,7 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
 
         // The same name again, alone in its batch: the Bind after it is skipped.
         let step = what("duplicate Parse");
-        let messages = [parse("s1", "SELECT 2"), bind("", "s1"), execute(""), sync()];
+        let messages = prepare_and_run("s1", "SELECT 2");
         let answer = exchange(s, &messages, &step).await;
         assert_eq!(tags(&answer), "EZ", "{step}");
         let error = fields(&answer[0].1);
@@ -304,24 +310,14 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
                 error_codes(&raw_query(s, "DEALLOCATE s2").await),
                 Vec::<String>::new()
             );
-            let messages = [
-                parse("s2", "SELECT 10"),
-                bind("", "s2"),
-                execute(""),
-                sync(),
-            ];
+            let messages = prepare_and_run("s2", "SELECT 10");
             let answer = exchange(s, &messages, &step).await;
             assert_eq!(first_value(&answer).as_deref(), Some("10"), "{step}");
         }
 
         // Other server errors about a statement name the client's too.
         let step = what("Bind with too few parameters");
-        let messages = [
-            parse("s7", "SELECT $1::int"),
-            bind("", "s7"),
-            execute(""),
-            sync(),
-        ];
+        let messages = prepare_and_run("s7", "SELECT $1::int");
         let answer = exchange(s, &messages, &step).await;
         assert_eq!(tags(&answer), "1EZ", "{step}");
         assert_eq!(
