@@ -129,6 +129,10 @@ async fn a_write_the_classifier_cannot_see_is_rerun_on_the_primary() {
         .await
         .unwrap();
     assert_eq!(first_value(&rows).as_deref(), Some("1"));
+    // The first statement wrote: until a replica has replayed that write,
+    // read-your-writes rightly sends the next read to the primary, where it
+    // would not be refused. On a loaded machine replay can lag that long.
+    env.wait_replicas().await;
     let row = client
         .query_one(
             "/* pgrouter: replica */ SELECT bump() AS b, 'x'::text AS t",
