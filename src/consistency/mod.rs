@@ -26,11 +26,36 @@ pub mod verify;
 use std::time::{Duration, Instant};
 
 use crate::config::{ConsistencyConfig, ConsistencyMode};
-use crate::monitor::NodeState;
+use crate::monitor::{NodeState, WalLayout};
 use crate::router::hints::FreshnessHints;
 
 pub use keys::CausalKeys;
 pub use settings::{Setting, SettingError, parse_setting};
+
+/// The end of the WAL written before `insert_lsn`, a primary's
+/// `pg_current_wal_insert_lsn()`. When the last record ended exactly at a
+/// page's end, the insert position is already past the next page's header,
+/// where no record ever ends, and a replica that has replayed everything
+/// reports the page's start: waiting for it to pass the header would wait
+/// for the next write (forever, on an idle primary). PostgreSQL makes the
+/// same correction for record ends (`XLogBytePosToEndRecPtr`).
+pub fn written_end(insert_lsn: u64, layout: WalLayout) -> u64 {
+    // Sizes of XLogPageHeaderData and XLogLongPageHeaderData (64-bit builds).
+    const PAGE_HEADER: u64 = 24;
+    const SEGMENT_HEADER: u64 = 40;
+    let page_start = insert_lsn - insert_lsn % layout.page.max(1);
+    let segment_start = insert_lsn - insert_lsn % layout.segment.max(1);
+    let header = if page_start == segment_start {
+        SEGMENT_HEADER
+    } else {
+        PAGE_HEADER
+    };
+    if insert_lsn == page_start + header {
+        page_start
+    } else {
+        insert_lsn
+    }
+}
 
 /// Formats an LSN the way PostgreSQL prints `pg_lsn` (`0/3000060`).
 pub fn format_lsn(lsn: u64) -> String {

@@ -118,3 +118,31 @@ fn formats_lsns_like_postgres() {
         Some(u64::MAX)
     );
 }
+
+#[test]
+fn a_write_position_just_past_a_page_header_is_the_pages_start() {
+    let layout = WalLayout {
+        page: 8192,
+        segment: 16 << 20,
+    };
+    for (insert, written) in [
+        // A segment's first page has the long header.
+        (0x0400_0028, 0x0400_0000),
+        (0x1_0400_0028, 0x1_0400_0000),
+        // Other pages the short one.
+        (0x0400_2018, 0x0400_2000),
+        // Anywhere else, the insert position is a record's end already.
+        (0x0400_2028, 0x0400_2028),
+        (0x0400_0018, 0x0400_0018),
+        (0x0400_2000, 0x0400_2000),
+        (0x0400_2060, 0x0400_2060),
+    ] {
+        assert_eq!(written_end(insert, layout), written, "{insert:X}");
+    }
+    let small_segments = WalLayout {
+        page: 8192,
+        segment: 1 << 20,
+    };
+    assert_eq!(written_end(0x0010_0028, small_segments), 0x0010_0000);
+    assert_eq!(written_end(0x0010_0028, layout), 0x0010_0028);
+}

@@ -283,9 +283,17 @@ impl Session {
     }
 
     /// `announce`: tell the client its new token (not after a failed batch).
-    fn learn_write_position(&mut self, lsn: u64, announce: bool) {
+    fn learn_write_position(&mut self, insert_lsn: u64, announce: bool) {
         let now = Instant::now();
         let config = self.shared.config.load();
+        let topology = self.shared.topology.load();
+        let layout = topology
+            .nodes
+            .get(topology.primary)
+            .and_then(|p| p.wal_layout);
+        let lsn = layout.map_or(insert_lsn, |layout| {
+            consistency::written_end(insert_lsn, layout)
+        });
         self.freshness.wrote(Some(lsn), now);
         self.freshness.uncaptured = false;
         for key in self.pending_keys.drain(..) {

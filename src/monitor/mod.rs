@@ -53,6 +53,18 @@ pub struct NodeState {
     pub measured_at: Option<Instant>,
     /// The last error, for status output.
     pub error: Option<String>,
+    /// The server's WAL page and segment sizes, read at each poll.
+    pub wal_layout: Option<WalLayout>,
+}
+
+/// How a server lays out its WAL: every page starts with a header, longer on
+/// a segment's first page, and no record ends inside one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalLayout {
+    /// `wal_block_size`, in bytes.
+    pub page: u64,
+    /// `wal_segment_size`, in bytes.
+    pub segment: u64,
 }
 
 impl NodeState {
@@ -74,6 +86,7 @@ impl NodeState {
             admitted: false,
             measured_at: None,
             error: None,
+            wal_layout: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls};
 
 use super::lag::{self, LagLimits, LsnHistory};
-use super::{NodeState, Topology, TopologyHandle, parse_lsn, roles};
+use super::{NodeState, Topology, TopologyHandle, WalLayout, parse_lsn, roles};
 use crate::config::Config;
 
 /// Longest wait between reconnect attempts to a dead node.
@@ -22,7 +22,8 @@ const MEASURE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() END)::text, \
     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, \
     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
-         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+    current_setting('wal_block_size')::int8, pg_size_bytes(current_setting('wal_segment_size'))";
 
 /// One node's measurement.
 struct Sample {
@@ -31,6 +32,7 @@ struct Sample {
     receive_lsn: Option<u64>,
     replay_paused: Option<bool>,
     timeline: Option<u32>,
+    wal_layout: Option<WalLayout>,
 }
 
 /// Per-node connection state kept between rounds.
@@ -263,6 +265,7 @@ fn apply(state: &mut NodeState, result: Result<Sample, String>) {
             state.receive_lsn = sample.receive_lsn;
             state.replay_paused = sample.replay_paused;
             state.timeline = sample.timeline;
+            state.wal_layout = sample.wal_layout;
             state.measured_at = Some(Instant::now());
         }
         Err(err) => {
@@ -306,12 +309,21 @@ async fn measure(
     let text =
         |i: usize| -> Result<Option<String>, String> { row.try_get(i).map_err(|e| e.to_string()) };
     let timeline: Option<i32> = row.try_get(4).map_err(|e| e.to_string())?;
+    let size = |i: usize| -> Result<Option<u64>, String> {
+        let bytes: Option<i64> = row.try_get(i).map_err(|e| e.to_string())?;
+        Ok(bytes.and_then(|b| u64::try_from(b).ok()).filter(|&b| b > 0))
+    };
+    let wal_layout = match (size(5)?, size(6)?) {
+        (Some(page), Some(segment)) => Some(WalLayout { page, segment }),
+        _ => None,
+    };
     Ok(Sample {
         in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
         lsn: text(1)?.as_deref().and_then(parse_lsn),
         receive_lsn: text(2)?.as_deref().and_then(parse_lsn),
         replay_paused: row.try_get(3).map_err(|e| e.to_string())?,
         timeline: timeline.and_then(|t| u32::try_from(t).ok()),
+        wal_layout,
     })
 }
 
