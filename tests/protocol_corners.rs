@@ -302,18 +302,15 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
         let answer = exchange(s, &messages, &step).await;
         assert_eq!(tags(&answer), "2DC2DCZ", "{step}");
 
-        if mode == PoolMode::Session {
-            // SQL DEALLOCATE of one name frees it. (In transaction pooling the
-            // server knows the statement by pgrouter's name only: a known limit.)
-            let step = what("Parse after DEALLOCATE");
-            assert_eq!(
-                error_codes(&raw_query(s, "DEALLOCATE s2").await),
-                Vec::<String>::new()
-            );
-            let messages = prepare_and_run("s2", "SELECT 10");
-            let answer = exchange(s, &messages, &step).await;
-            assert_eq!(first_value(&answer).as_deref(), Some("10"), "{step}");
-        }
+        // SQL DEALLOCATE of one name frees it.
+        let step = what("Parse after DEALLOCATE");
+        assert_eq!(
+            error_codes(&raw_query(s, "DEALLOCATE s2").await),
+            Vec::<String>::new()
+        );
+        let messages = prepare_and_run("s2", "SELECT 10");
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("10"), "{step}");
 
         // Other server errors about a statement name the client's too.
         let step = what("Bind with too few parameters");
@@ -338,6 +335,143 @@ async fn a_parse_of_an_existing_name_is_refused_with_42p05() {
         let answer = exchange(s, &messages, &step).await;
         assert_eq!(tags(&answer), "312DCZ", "{step}");
         assert_eq!(first_value(&answer).as_deref(), Some("4"), "{step}");
+        assert_raw_usable(s, &what("afterwards")).await;
+        env.stop().await;
+    }
+}
+
+/// Bind, Execute, Sync of statement `name` through the unnamed portal.
+fn run_statement(name: &str) -> Vec<Vec<u8>> {
+    use common::raw::{bind, execute, sync};
+    vec![bind("", name), execute(""), sync()]
+}
+
+/// SQL `DEALLOCATE`, `DEALLOCATE ALL` and `DISCARD ALL` drop the client's
+/// protocol-level statements as on PostgreSQL (a later Bind gets 26000, the
+/// name may be prepared again), through the simple and the extended protocol
+/// (psycopg with a libpq older than 17 deallocates with `DEALLOCATE name`
+/// sent by Parse/Bind/Execute), and not from a failed transaction. A session
+/// that prepares and deallocates all day is not pinned to the primary for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_and_discard_drop_the_clients_statements() {
+    use common::raw::*;
+    use pgrouter::config::PoolMode;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let env = trust_env_with(|config| config.pool.mode = mode).await;
+        let (mut stream, _) = raw_login(env.addr).await;
+        let s = &mut stream;
+        let what = |step: &str| format!("{mode:?}: {step}");
+        let gone = |answer: &[(u8, Vec<u8>)], step: &str| {
+            assert_eq!(error_codes(answer), ["26000"], "{step}");
+            let message = fields(&answer[0].1).get(&'M').cloned();
+            assert_eq!(
+                message.as_deref(),
+                Some("prepared statement \"s1\" does not exist"),
+                "{step}"
+            );
+        };
+
+        let step = what("simple DEALLOCATE");
+        let answer = exchange(s, &prepare_and_run("s1", "SELECT 1"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("1"), "{step}");
+        let answer = raw_query(s, "DEALLOCATE s1").await;
+        assert_eq!(tags(&answer), "CZ", "{step}: {:?}", error_codes(&answer));
+        assert_eq!(answer[0].1, b"DEALLOCATE\0", "{step}");
+        gone(&exchange(s, &run_statement("s1"), &step).await, &step);
+
+        let step = what("extended DEALLOCATE");
+        let answer = exchange(s, &prepare_and_run("s1", "SELECT 2"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("2"), "{step}");
+        let messages = [
+            parse("", "DEALLOCATE PREPARE \"s1\""),
+            bind("", ""),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(tags(&answer), "12nCZ", "{step}: {:?}", error_codes(&answer));
+        gone(&exchange(s, &run_statement("s1"), &step).await, &step);
+
+        let step = what("DEALLOCATE in a failed transaction");
+        exchange(s, &prepare_and_run("s1", "SELECT 3"), &step).await;
+        raw_query(s, "BEGIN").await;
+        raw_query(s, "SELECT 1/0").await;
+        let answer = raw_query(s, "DEALLOCATE s1").await;
+        assert_eq!(error_codes(&answer), ["25P02"], "{step}");
+        raw_query(s, "ROLLBACK").await;
+        let answer = exchange(s, &run_statement("s1"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("3"), "{step}");
+
+        let step = what("DEALLOCATE in a transaction");
+        raw_query(s, "BEGIN").await;
+        let answer = raw_query(s, "DEALLOCATE s1").await;
+        assert_eq!(tags(&answer), "CZ", "{step}: {:?}", error_codes(&answer));
+        assert_eq!(answer[1].1, b"T", "{step}: still in the transaction");
+        raw_query(s, "COMMIT").await;
+        gone(&exchange(s, &run_statement("s1"), &step).await, &step);
+
+        let step = what("DEALLOCATE of no statement");
+        let answer = raw_query(s, "DEALLOCATE s1").await;
+        assert_eq!(error_codes(&answer), ["26000"], "{step}");
+
+        for drop_all in ["DEALLOCATE ALL", "DISCARD ALL"] {
+            let step = what(drop_all);
+            exchange(s, &prepare_and_run("s1", "SELECT 4"), &step).await;
+            let answer = raw_query(s, drop_all).await;
+            assert_eq!(tags(&answer), "CZ", "{step}: {:?}", error_codes(&answer));
+            gone(&exchange(s, &run_statement("s1"), &step).await, &step);
+        }
+
+        // Each of these undoes the one before: the session's state log does
+        // not grow, so the session is not pinned (past 256 entries it would
+        // be), and what it prepared with SQL still runs everywhere.
+        let step = what("many PREPAREs and DEALLOCATEs");
+        raw_query(s, "PREPARE kept AS SELECT 42").await;
+        for n in 0..150 {
+            for sql in [
+                format!("PREPARE t{n} AS SELECT {n}"),
+                format!("DEALLOCATE t{n}"),
+                "DEALLOCATE s1".to_owned(),
+            ] {
+                if sql.starts_with("DEALLOCATE s1") {
+                    exchange(s, &[parse("s1", "SELECT 5"), sync()], &step).await;
+                }
+                let answer = raw_query(s, &sql).await;
+                assert_eq!(error_codes(&answer), Vec::<String>::new(), "{step}: {sql}");
+            }
+        }
+        // A replica answers: a pinned session would read from the primary.
+        let answer = raw_query(s, "SELECT pg_is_in_recovery()").await;
+        assert_eq!(
+            first_value(&answer).as_deref(),
+            Some("t"),
+            "{step}: not pinned"
+        );
+        let answer = raw_query(s, "EXECUTE kept").await;
+        assert_eq!(first_value(&answer).as_deref(), Some("42"), "{step}");
+        for _ in 0..300 {
+            let answer = raw_query(s, "DEALLOCATE ALL").await;
+            assert_eq!(error_codes(&answer), Vec::<String>::new(), "{step}");
+        }
+        let answer = raw_query(s, "EXECUTE kept").await;
+        assert_eq!(
+            error_codes(&answer),
+            ["26000"],
+            "{step}: DEALLOCATE ALL dropped it"
+        );
+        // EXECUTE may write: until the replicas are known to have replayed it,
+        // read-your-writes sends reads to the primary.
+        let mut replica_read = false;
+        for _ in 0..50 {
+            let answer = raw_query(s, "SELECT pg_is_in_recovery()").await;
+            replica_read = first_value(&answer).as_deref() == Some("t");
+            if replica_read {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(replica_read, "{step}: pinned after many DEALLOCATE ALL");
         assert_raw_usable(s, &what("afterwards")).await;
         env.stop().await;
     }

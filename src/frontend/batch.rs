@@ -56,6 +56,9 @@ pub(super) enum LocalAnswer {
     /// A lone LISTEN/UNLISTEN, served by the shared listener when the session
     /// is outside a transaction (see `listen`).
     Listen(ListenCommand),
+    /// A lone `DEALLOCATE` of a protocol-level statement, with its server-side
+    /// name (see `Session::deallocates_locally`).
+    Deallocate(String),
 }
 
 /// What a message needs from the connection it is sent to.
@@ -420,10 +423,16 @@ impl Session {
         if batch.statements == 1 && batch.local.is_none() && may_answer {
             if let Some(command) = batch.listen.take() {
                 batch.local = Some(LocalAnswer::Listen(command));
+            } else if let Some(server_name) = batch
+                .state
+                .as_deref()
+                .and_then(|sql| self.deallocates_locally(sql))
+            {
+                batch.local = Some(LocalAnswer::Deallocate(server_name));
             }
         }
         if let Some(sql) = &batch.state {
-            self.free_statement_names(sql);
+            self.forget_dropped_statements(sql);
         }
         let slot = self.choose(&batch);
         if self.must_wait(slot, &batch) {

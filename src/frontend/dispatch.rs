@@ -5,18 +5,13 @@
 use super::attach::AttachError;
 use super::attached::{Attached, Mark};
 use super::batch::{Batch, LocalAnswer, Need};
-use super::server_statements::{
-    close_least_used_over, discards_all, drops_prepared_statements, prepare_statement_for, prepares,
-};
+use super::server_statements::{close_least_used_over, prepare_statement_for, prepares};
 use super::session::{PRIMARY, REPLICA, Session};
+use super::session_log::discards_all;
 use crate::consistency::{self, ReadNeed};
 use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
 use crate::protocol::{frontend_tag, sqlstate, tx_status};
-
-/// Past this many remembered session-state statements the session is pinned to
-/// the primary instead of replaying an ever longer log on every new connection.
-const MAX_SESSION_LOG: usize = 256;
 
 impl Session {
     /// Sends `batch` to `slot` (falling back to the primary when no replica can
@@ -33,7 +28,7 @@ impl Session {
             batch.local = None;
         }
         if let Some(answer) = batch.local.clone() {
-            self.answer_locally(answer, ends_sync);
+            self.answer_locally(answer, &batch.frames, ends_sync);
             return;
         }
         let mut need = ReadNeed::default();
@@ -246,72 +241,6 @@ impl Session {
             }),
         }
     }
-
-    /// Brings the session's state (SETs, SQL PREPAREs, ...) to the connection:
-    /// nothing when it already carries exactly this state; else the statements
-    /// it has not seen, each as an internal query whose answers the client never
-    /// sees, after a `DISCARD ALL` when another session's state is on it
-    /// (transaction pooling). One query per statement, because some (DISCARD
-    /// ALL) refuse to run inside a multi-statement query.
-    fn replay_session_state(&mut self, slot: usize) {
-        let log_len = self.session_log.len();
-        let log_hash = self.log_hash;
-        let Some(attached) = self.servers[slot].as_mut() else {
-            return;
-        };
-        if attached.applied == 0 {
-            let state = attached.conn.conn.session_state;
-            if state == log_hash {
-                attached.applied = log_len;
-                return;
-            }
-            if state != 0 {
-                send_internal(attached, "DISCARD ALL");
-                attached.conn.conn.prepared.clear();
-            }
-        }
-        for sql in &self.session_log[attached.applied..] {
-            send_internal(attached, sql);
-            if drops_prepared_statements(sql) {
-                attached.conn.conn.prepared.clear();
-            }
-        }
-        attached.applied = log_len;
-        attached.conn.conn.session_state = log_hash;
-    }
-
-    /// Remembers a session-state statement that completed on `slot`.
-    pub(super) fn remember_state(&mut self, slot: usize, sql: std::sync::Arc<str>) {
-        if let Some(Ok(setting)) = consistency::parse_setting(&sql) {
-            self.freshness.apply(&setting);
-        }
-        if drops_prepared_statements(&sql) {
-            if let Some(attached) = self.servers[slot].as_mut() {
-                attached.conn.conn.prepared.clear();
-            }
-        }
-        self.free_statement_names(&sql);
-        if self.session_log.len() >= MAX_SESSION_LOG {
-            if !self.pinned {
-                tracing::info!(
-                    "session changed its settings {MAX_SESSION_LOG} times; pinning it to the primary"
-                );
-                self.pinned = true;
-            }
-            return;
-        }
-        let up_to_date = self.servers[slot]
-            .as_ref()
-            .is_some_and(|a| a.applied == self.session_log.len());
-        self.log_hash = next_log_hash(self.log_hash, &sql);
-        self.session_log.push(sql);
-        if up_to_date {
-            if let Some(attached) = self.servers[slot].as_mut() {
-                attached.applied = self.session_log.len();
-                attached.conn.conn.session_state = self.log_hash;
-            }
-        }
-    }
 }
 
 /// Sends a query whose answers are swallowed.
@@ -324,13 +253,4 @@ pub(super) fn send_internal(attached: &mut Attached, sql: &str) {
     }
     let mark = Mark::internal(attached, false);
     attached.marks.push_back(mark);
-}
-
-/// The hash of a session log after `sql` is appended to a log hashing to
-/// `previous`; never 0, which stands for "no session state".
-fn next_log_hash(previous: u64, sql: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (previous, sql).hash(&mut hasher);
-    hasher.finish().max(1)
 }

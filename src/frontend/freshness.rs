@@ -15,13 +15,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::attached::Mark;
-use super::batch::{Batch, LocalAnswer};
+use super::batch::Batch;
 use super::session::{PRIMARY, REPLICA, Session};
 use crate::config::ConsistencyMode;
 use crate::consistency::{self, ReadNeed, Verdict, format_lsn};
 use crate::monitor::{NodeState, Topology, parse_lsn};
-use crate::protocol::build::{self, Severity, to_server};
-use crate::protocol::{Frame, sqlstate, tx_status};
+use crate::protocol::build::{self, to_server};
+use crate::protocol::{Frame, tx_status};
 
 /// The commit-position query. The insert position, not the write position:
 /// with asynchronous commit the commit record may not be written yet.
@@ -338,35 +338,6 @@ impl Session {
                 self.servers[PRIMARY] = None;
                 false
             }
-        }
-    }
-
-    /// Answers a batch pgrouter handles itself.
-    pub(super) fn answer_locally(&mut self, answer: LocalAnswer, ends_sync: bool) {
-        match answer {
-            LocalAnswer::RefusedHint => build::error_response(
-                &mut self.out,
-                Severity::Error,
-                sqlstate::READ_ONLY_SQL_TRANSACTION,
-                "pgrouter: the /* pgrouter: replica */ hint was refused: this statement writes, and writes run only on the primary",
-            ),
-            LocalAnswer::BadSetting(err) => build::error_response(
-                &mut self.out,
-                Severity::Error,
-                err.sqlstate(),
-                &format!("pgrouter: {err}"),
-            ),
-            // Answered by `answer_listen`, which `dispatch` calls instead.
-            LocalAnswer::Listen(_) => {}
-            LocalAnswer::ShowLastWriteLsn => {
-                let value = self.freshness.last_write_lsn.map(format_lsn);
-                build::show_result(&mut self.out, "pgrouter.last_write_lsn", value.as_deref());
-            }
-        }
-        if ends_sync {
-            build::ready_for_query(&mut self.out, self.tx_status);
-        } else {
-            self.discard_until_sync = true;
         }
     }
 }

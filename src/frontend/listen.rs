@@ -18,8 +18,8 @@ use super::dispatch::send_internal;
 use super::session::{PRIMARY, Session};
 use crate::notify::{NotifyError, SESSION_QUEUE, quote};
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::{notification_channel, target_message};
-use crate::protocol::{Frame, frontend_tag, sqlstate, target_kind, tx_status};
+use crate::protocol::fields::notification_channel;
+use crate::protocol::{Frame, sqlstate, tx_status};
 use crate::router::listen::ListenCommand;
 
 /// Notifications a session keeps for a busy client before it drops the oldest
@@ -86,21 +86,7 @@ impl Session {
         };
         match result {
             Ok(()) => {
-                for (frame, _) in frames {
-                    if frame.tag == frontend_tag::QUERY {
-                        build::command_complete(&mut self.out, command.tag());
-                        continue;
-                    }
-                    let describes_statement = frame.tag == frontend_tag::DESCRIBE
-                        && target_message(frame.body(), "Describe")
-                            .is_ok_and(|(kind, _)| kind == target_kind::STATEMENT);
-                    build::no_result_answer(
-                        &mut self.out,
-                        frame.tag,
-                        describes_statement,
-                        command.tag(),
-                    );
-                }
+                self.command_answers(frames, command.tag());
                 if ends_sync {
                     build::ready_for_query(&mut self.out, self.tx_status);
                 }

@@ -12,11 +12,13 @@ mod batch;
 mod dispatch;
 mod freshness;
 mod listen;
+mod local;
 mod release;
 mod retry;
 mod server_msgs;
 mod server_statements;
 mod session;
+mod session_log;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,37 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::attached::Attached;
 use super::batch::{Batch, Need, Statement};
-use super::session::Session;
 use crate::protocol::build::to_server;
 use crate::protocol::fields::{find, replace_in_fields};
 use crate::protocol::{Frame, backend_tag};
 
 /// Prefix of the server-side names of client statements in transaction pooling.
 pub(super) const SERVER_NAME_PREFIX: &str = crate::backend::EVICTABLE_PREFIX;
-
-impl Session {
-    /// After `DISCARD ALL` or `DEALLOCATE`, the names of the statements it drops
-    /// may be prepared again, as on PostgreSQL: their Parses are no longer
-    /// refused. Called when such a statement is sent, so Parses pipelined behind
-    /// it are accepted, and again when it completes, for statements confirmed
-    /// meanwhile (Parses sent before it). Those parsed after it are confirmed
-    /// after it completes, so they stay refused. The client's statements are
-    /// kept: a Bind of one still finds it (prepared again where needed).
-    pub(super) fn free_statement_names(&self, sql: &str) {
-        if drops_prepared_statements(sql) {
-            for statement in self.statements.values() {
-                statement.confirmed.store(false, Ordering::Relaxed);
-            }
-        } else if let Some(statement) = deallocated_name(sql).and_then(|n| self.statements.get(&n))
-        {
-            statement.confirmed.store(false, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Length of a server-side statement name: the prefix and 16 hex digits.
 const SERVER_NAME_LEN: usize = SERVER_NAME_PREFIX.len() + 16;
@@ -90,50 +68,6 @@ pub(super) fn prepares(batch: &Batch) -> bool {
             Need::Creates { .. } | Need::Statement(..) | Need::Duplicate { .. }
         )
     })
-}
-
-/// Whether `sql`'s first words are `words` (any case, a trailing `;` ignored).
-fn starts_with_words(sql: &str, words: &[&str]) -> bool {
-    let mut found = sql.split_whitespace().map(|w| w.trim_end_matches(';'));
-    words
-        .iter()
-        .all(|word| found.next().is_some_and(|w| w.eq_ignore_ascii_case(word)))
-}
-
-/// `DISCARD ALL`, which also ends every LISTEN.
-pub(super) fn discards_all(sql: &str) -> bool {
-    starts_with_words(sql, &["DISCARD", "ALL"])
-}
-
-/// The statement a `DEALLOCATE [PREPARE] name` drops (not `ALL`), as the
-/// server names it: an unquoted name folds to lower case.
-fn deallocated_name(sql: &str) -> Option<String> {
-    let sql = sql.trim().trim_end_matches(';').trim_end();
-    let mut words = sql.splitn(2, char::is_whitespace);
-    if !words.next()?.eq_ignore_ascii_case("DEALLOCATE") {
-        return None;
-    }
-    let mut rest = words.next()?.trim_start();
-    if let Some((first, after)) = rest.split_once(char::is_whitespace) {
-        if first.eq_ignore_ascii_case("PREPARE") {
-            rest = after.trim_start();
-        }
-    }
-    if let Some(quoted) = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        return Some(quoted.replace("\"\"", "\""));
-    }
-    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.eq_ignore_ascii_case("ALL") {
-        return None;
-    }
-    // PostgreSQL folds unquoted names in ASCII only (in UTF-8 databases).
-    Some(rest.to_ascii_lowercase())
-}
-
-/// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
-pub(super) fn drops_prepared_statements(sql: &str) -> bool {
-    discards_all(sql)
-        || starts_with_words(sql, &["DEALLOCATE", "ALL"])
-        || starts_with_words(sql, &["DEALLOCATE", "PREPARE", "ALL"])
 }
 
 /// Before a message that uses or creates a named statement, makes the server's
@@ -227,56 +161,12 @@ fn inject_close_if_present(attached: &mut Attached, name: &str) {
 
 /// Closes statement `name` on the connection, swallowing the answer (closing a
 /// statement that is not there is no error).
-fn close_statement(attached: &mut Attached, name: &str) {
+pub(super) fn close_statement(attached: &mut Attached, name: &str) {
     if to_server::close_statement(attached.conn.conn.out(), name).is_ok() {
         attached
             .swallow
             .push((backend_tag::CLOSE_COMPLETE, attached.sent_close));
         attached.sent_close += 1;
         attached.conn.conn.prepared.remove(name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{deallocated_name, discards_all, drops_prepared_statements};
-
-    #[test]
-    fn statements_that_drop_server_state() {
-        for sql in [
-            "DISCARD ALL",
-            "discard all;",
-            "DEALLOCATE ALL",
-            "deallocate prepare all",
-        ] {
-            assert!(drops_prepared_statements(sql), "{sql}");
-        }
-        for sql in [
-            "DISCARD PLANS",
-            "DEALLOCATE s1",
-            "DEALLOCATE PREPARE s1",
-            "DISCARD",
-        ] {
-            assert!(!drops_prepared_statements(sql), "{sql}");
-        }
-        assert!(discards_all("DISCARD ALL;"));
-        assert!(!discards_all("DEALLOCATE ALL"));
-    }
-
-    #[test]
-    fn the_statement_a_deallocate_drops() {
-        for (sql, name) in [
-            ("DEALLOCATE s1", Some("s1")),
-            ("deallocate prepare S1;", Some("s1")),
-            ("DEALLOCATE \"My \"\"s\"\"\"", Some("My \"s\"")),
-            ("DEALLOCATE  PREPARE   x ", Some("x")),
-            ("DEALLOCATE ALL", None),
-            ("DEALLOCATE PREPARE ALL", None),
-            ("DEALLOCATE", None),
-            ("DISCARD ALL", None),
-            ("SELECT 1", None),
-        ] {
-            assert_eq!(deallocated_name(sql).as_deref(), name, "{sql}");
-        }
     }
 }

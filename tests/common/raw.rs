@@ -172,6 +172,12 @@ pub fn describe_statement(name: &str) -> Vec<u8> {
     message(b'D', &body)
 }
 
+pub fn describe_portal(name: &str) -> Vec<u8> {
+    let mut body = vec![b'P'];
+    body.extend_from_slice(&cstr(name));
+    message(b'D', &body)
+}
+
 pub fn close_statement(name: &str) -> Vec<u8> {
     let mut body = vec![b'S'];
     body.extend_from_slice(&cstr(name));

@@ -74,6 +74,42 @@ def check_notifications():
             failures.append(f"notifications: {got}")
 
 
+def check_sql_deallocate():
+    """psycopg with a libpq older than 17 (Debian 12 has 15) deallocates with SQL
+    `DEALLOCATE name` when its statement cache is full, and sends `DEALLOCATE
+    ALL` after every ROLLBACK: the first must work on pgrouter's renamed
+    statements, the second must not pin the session to the primary."""
+    import time
+
+    from psycopg import _connection_base
+
+    has_close = _connection_base._HAS_SEND_CLOSE
+    _connection_base._HAS_SEND_CLOSE = False
+    try:
+        with psycopg.connect(DSN, prepare_threshold=0, autocommit=True) as conn:
+            conn.prepared_max = 2
+            for n in range(20):
+                for q in range(4):
+                    (value,) = conn.execute(f"SELECT %s::int + {q}", (n,)).fetchone()
+                    if value != n + q:
+                        raise AssertionError(f"evicting statements: {value} != {n + q}")
+            conn.autocommit = False
+            for n in range(300):
+                conn.execute("SELECT %s::int", (n,)).fetchone()
+                conn.rollback()
+            conn.autocommit = True
+            for _ in range(50):
+                (replica,) = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if replica:
+                    return
+                time.sleep(0.1)
+            raise AssertionError("pinned to the primary after many ROLLBACKs")
+    except Exception as e:  # noqa: BLE001 - reported and turned into the exit code
+        failures.append(f"SQL DEALLOCATE: {type(e).__name__}: {e}")
+    finally:
+        _connection_base._HAS_SEND_CLOSE = has_close
+
+
 def main():
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS drv_psycopg, drv_unique, drv_copy")
@@ -81,6 +117,7 @@ def main():
         conn.execute("CREATE TABLE drv_unique (id int PRIMARY KEY)")
         conn.execute("CREATE TABLE drv_copy (client int, n int)")
     check_notifications()
+    check_sql_deallocate()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
     for t in threads:
         t.start()

@@ -1,0 +1,68 @@
+//! Answers pgrouter gives a client itself, without a server: refusals of
+//! what it will not run, its own settings, and statements that only change
+//! pgrouter's bookkeeping (LISTEN in the shared listener, DEALLOCATE of a
+//! renamed statement). It writes to the client's buffer only.
+
+use super::batch::{LocalAnswer, Need};
+use super::session::Session;
+use crate::consistency::format_lsn;
+use crate::protocol::build::{self, Severity};
+use crate::protocol::fields::target_message;
+use crate::protocol::{Frame, frontend_tag, sqlstate, target_kind};
+
+impl Session {
+    /// Answers a batch pgrouter handles itself; `frames` are the batch's.
+    pub(super) fn answer_locally(
+        &mut self,
+        answer: LocalAnswer,
+        frames: &[(Frame, Need)],
+        ends_sync: bool,
+    ) {
+        match answer {
+            LocalAnswer::RefusedHint => build::error_response(
+                &mut self.out,
+                Severity::Error,
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                "pgrouter: the /* pgrouter: replica */ hint was refused: this statement writes, and writes run only on the primary",
+            ),
+            LocalAnswer::BadSetting(err) => build::error_response(
+                &mut self.out,
+                Severity::Error,
+                err.sqlstate(),
+                &format!("pgrouter: {err}"),
+            ),
+            // Answered by `answer_listen`, which `dispatch` calls instead.
+            LocalAnswer::Listen(_) => {}
+            LocalAnswer::ShowLastWriteLsn => {
+                let value = self.freshness.last_write_lsn.map(format_lsn);
+                build::show_result(&mut self.out, "pgrouter.last_write_lsn", value.as_deref());
+            }
+            // `submit` already forgot the statement (`forget_dropped_statements`).
+            LocalAnswer::Deallocate(server_name) => {
+                self.close_deallocated(&server_name);
+                self.command_answers(frames, "DEALLOCATE");
+            }
+        }
+        if ends_sync {
+            build::ready_for_query(&mut self.out, self.tx_status);
+        } else {
+            self.discard_until_sync = true;
+        }
+    }
+
+    /// What a server answers to `frames` (a simple Query, or Parse, Bind,
+    /// Describe, Execute) whose one statement returns no rows and completes
+    /// with `tag`; ReadyForQuery is the caller's.
+    pub(super) fn command_answers(&mut self, frames: &[(Frame, Need)], tag: &str) {
+        for (frame, _) in frames {
+            if frame.tag == frontend_tag::QUERY {
+                build::command_complete(&mut self.out, tag);
+                continue;
+            }
+            let describes_statement = frame.tag == frontend_tag::DESCRIBE
+                && target_message(frame.body(), "Describe")
+                    .is_ok_and(|(kind, _)| kind == target_kind::STATEMENT);
+            build::no_result_answer(&mut self.out, frame.tag, describes_statement, tag);
+        }
+    }
+}
