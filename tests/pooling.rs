@@ -201,6 +201,53 @@ async fn settings_and_sql_prepare_follow_the_client() {
     env.stop().await;
 }
 
+/// A client that sets the same parameters again and again (per request, as
+/// many applications do) is remembered by its last values: it is not pinned
+/// to the primary for a long history (past 256 entries it would be), and every
+/// connection it gets, also after another client used it, has those values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_changing_settings_is_not_pinned() {
+    let env = common::start_with(small_pools(1)).await;
+    let a = env.client().await;
+    let b = env.client().await;
+    let first = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    };
+    a.batch_execute("SET work_mem = '1MB'").await.unwrap();
+    for n in 0..300 {
+        a.batch_execute(&format!("SET application_name = 'a{n}'"))
+            .await
+            .unwrap();
+        a.batch_execute(&format!("SET statement_timeout = {}", 1000 + n))
+            .await
+            .unwrap();
+        if n % 50 == 0 {
+            // B takes the single connection per node in between.
+            let b_name = first(b.simple_query("SHOW application_name").await.unwrap());
+            assert!(!b_name.starts_with('a'), "B sees A's {b_name}");
+        }
+    }
+    a.batch_execute("RESET work_mem").await.unwrap();
+    let replica = first(a.simple_query("SELECT pg_is_in_recovery()").await.unwrap());
+    assert_eq!(replica, "t", "A reads from a replica: it is not pinned");
+    let sql = "SELECT current_setting('application_name') || ' ' || \
+        current_setting('statement_timeout') || ' ' || current_setting('work_mem')";
+    for client in [&b, &a, &b, &a] {
+        let seen = first(client.simple_query(sql).await.unwrap());
+        if std::ptr::eq(client, &a) {
+            assert_eq!(seen, "a299 1299ms 4MB");
+        } else {
+            assert!(!seen.starts_with("a299"), "B sees {seen}");
+        }
+    }
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_answers_53300_after_checkout_timeout() {
     let env = common::start_with(|config| {

@@ -411,6 +411,55 @@ async fn deallocate_and_discard_drop_the_clients_statements() {
         raw_query(s, "COMMIT").await;
         gone(&exchange(s, &run_statement("s1"), &step).await, &step);
 
+        // Answered by pgrouter before a Flush: what follows still runs.
+        let step = what("DEALLOCATE before a Flush");
+        exchange(s, &prepare_and_run("s1", "SELECT 6"), &step).await;
+        let messages = [
+            parse("", "DEALLOCATE s1"),
+            bind("", ""),
+            execute(""),
+            flush(),
+        ];
+        send(s, &concat(&messages)).await;
+        for expected in [b'1', b'2', b'C'] {
+            match read_message(s, WAIT).await {
+                Incoming::Msg(tag, _) => assert_eq!(tag, expected, "{step}"),
+                other => panic!("{step}: {other:?}"),
+            }
+        }
+        let answer = exchange(s, &prepare_and_run("", "SELECT 7"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("7"), "{step}");
+        gone(&exchange(s, &run_statement("s1"), &step).await, &step);
+
+        // Beside other messages pgrouter cannot answer, it goes to a server;
+        // when the batch fails, the statement is still there.
+        let step = what("DEALLOCATE in a failing batch");
+        exchange(s, &prepare_and_run("s1", "SELECT 8"), &step).await;
+        let messages = [
+            parse("s2", "SELEC 1"),
+            parse("", "DEALLOCATE s1"),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ];
+        let answer = exchange(s, &messages, &step).await;
+        assert_eq!(error_codes(&answer), ["42601"], "{step}");
+        let answer = exchange(s, &run_statement("s1"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("8"), "{step}");
+
+        // Pipelined behind the error that fails the transaction: refused, kept.
+        let step = what("DEALLOCATE pipelined in a failing transaction");
+        let messages = [query("BEGIN"), query("SELECT 1/0"), query("DEALLOCATE s1")];
+        send(s, &concat(&messages)).await;
+        for expected in [vec![], vec!["22012"], vec!["25P02"]] {
+            let answer = until_ready(s, WAIT, &step).await;
+            assert_eq!(error_codes(&answer), expected, "{step}");
+        }
+        raw_query(s, "ROLLBACK").await;
+        let answer = exchange(s, &run_statement("s1"), &step).await;
+        assert_eq!(first_value(&answer).as_deref(), Some("8"), "{step}");
+        raw_query(s, "DEALLOCATE s1").await;
+
         let step = what("DEALLOCATE of no statement");
         let answer = raw_query(s, "DEALLOCATE s1").await;
         assert_eq!(error_codes(&answer), ["26000"], "{step}");

@@ -19,6 +19,9 @@ pub(super) struct Mark {
     pub had_error: bool,
     /// A session-state statement to remember once this completes without error.
     pub state: Option<Arc<str>>,
+    /// Client statements its DEALLOCATE or DISCARD ALL dropped, put back if
+    /// the batch fails (see `Session::restore_statements`).
+    pub forgotten: Vec<super::session_log::Forgotten>,
     pub began_tx: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
@@ -51,6 +54,7 @@ impl Mark {
             close: attached.sent_close,
             had_error: false,
             state: None,
+            forgotten: Vec::new(),
             began_tx: false,
             extended,
             holds_ready: false,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SessionError;
 use super::session::{Flow, PRIMARY, REPLICA, Session};
+use super::session_log::Forgotten;
 use crate::consistency::SettingError;
 use crate::consistency::settings::{is_show_last_write_lsn, parse_setting};
 use crate::protocol::fields::{
@@ -117,6 +118,9 @@ pub(super) struct Batch {
     pub freshness: FreshnessHints,
     pub pins: bool,
     pub state: Option<Arc<str>>,
+    /// The client's statements its `DEALLOCATE` or `DISCARD ALL` made pgrouter
+    /// forget, put back if it fails.
+    pub forgotten: Vec<Forgotten>,
     /// Statements it runs (Query texts and Binds).
     pub statements: u32,
     /// The LISTEN/UNLISTEN among them.
@@ -185,6 +189,57 @@ impl Batch {
     }
 }
 
+/// Whether every message of the batch belongs to its one statement: a simple
+/// Query, or one Bind with the Parse and Describe of its statement, the
+/// Describe and Execute of its portal, and the Sync or Flush after them. Only
+/// such a batch can pgrouter answer itself: other messages need a server.
+fn is_one_statement(batch: &Batch) -> bool {
+    use frontend_tag::{BIND, DESCRIBE, EXECUTE, FLUSH, PARSE, QUERY, SYNC};
+    if batch.statements != 1 {
+        return false;
+    }
+    let bound = batch
+        .frames
+        .iter()
+        .find(|(frame, _)| frame.tag == BIND)
+        .and_then(|(frame, _)| bind_message(frame.body()).ok());
+    // A Query's batch has no Bind: then nothing else is allowed anyway.
+    let (portal, statement) = bound.unwrap_or(("", ""));
+    batch.frames.iter().all(|(frame, _)| {
+        let body = frame.body();
+        match frame.tag {
+            QUERY | SYNC | FLUSH | BIND => true,
+            PARSE => parse_message(body).is_ok_and(|(name, _)| name == statement),
+            DESCRIBE => target_message(body, "Describe").is_ok_and(|(kind, name)| {
+                name == if kind == target_kind::STATEMENT {
+                    statement
+                } else {
+                    portal
+                }
+            }),
+            EXECUTE => execute_message(body).is_ok_and(|name| name == portal),
+            _ => false,
+        }
+    })
+}
+
+/// The server-side name of the client's protocol-level statement the batch's
+/// lone `DEALLOCATE` dropped (`forget_dropped_statements`), which pgrouter
+/// answers itself: the statement lives on whichever connections pgrouter
+/// prepared it (in transaction pooling under pgrouter's name, maybe shared),
+/// not necessarily on the one the DEALLOCATE would run on. psycopg with a
+/// libpq older than 17 deallocates its statements this way.
+fn deallocated_statement(batch: &Batch) -> Option<String> {
+    let name = batch
+        .state
+        .as_deref()
+        .and_then(super::state_sql::deallocated_name)?;
+    match batch.forgotten.as_slice() {
+        [(forgotten, statement)] if *forgotten == name => Some(statement.server_name.clone()),
+        _ => None,
+    }
+}
+
 /// A write that may start COPY FROM STDIN (also inside a multi-statement text).
 fn may_copy_in(decision: &Decision, text: &str) -> bool {
     decision.writes
@@ -211,6 +266,9 @@ impl Session {
                 let decision = self.shared.classifier.classify(sql);
                 let mut batch = Batch::default();
                 batch.learn(&decision, sql);
+                if decision.session == SessionEffect::SetsState {
+                    batch.forgotten = self.forget_dropped_statements(sql);
+                }
                 batch.merge_freshness(&freshness_hints(sql));
                 // Short texts only: keeps the check off the path of real queries.
                 if sql.len() <= 64 && is_show_last_write_lsn(sql) {
@@ -405,6 +463,10 @@ impl Session {
                     _ => "",
                 };
                 self.batch.learn(&statement.decision, text);
+                if statement.decision.session == SessionEffect::SetsState {
+                    let forgotten = self.forget_dropped_statements(text);
+                    self.batch.forgotten.extend(forgotten);
+                }
                 self.batch.merge_freshness(&statement.freshness);
                 self.batch.copy_in |= statement.copy_in;
                 Need::Statement(statement.server_name.clone(), statement)
@@ -420,19 +482,12 @@ impl Session {
         // gives itself waits for the session to be idle, and an open section
         // keeps it busy until the client's Sync, which would come after.
         let may_answer = self.open.is_none() && self.ready.is_empty();
-        if batch.statements == 1 && batch.local.is_none() && may_answer {
+        if batch.local.is_none() && may_answer && is_one_statement(&batch) {
             if let Some(command) = batch.listen.take() {
                 batch.local = Some(LocalAnswer::Listen(command));
-            } else if let Some(server_name) = batch
-                .state
-                .as_deref()
-                .and_then(|sql| self.deallocates_locally(sql))
-            {
+            } else if let Some(server_name) = deallocated_statement(&batch) {
                 batch.local = Some(LocalAnswer::Deallocate(server_name));
             }
-        }
-        if let Some(sql) = &batch.state {
-            self.forget_dropped_statements(sql);
         }
         let slot = self.choose(&batch);
         if self.must_wait(slot, &batch) {

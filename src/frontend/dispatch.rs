@@ -7,7 +7,7 @@ use super::attached::{Attached, Mark};
 use super::batch::{Batch, LocalAnswer, Need};
 use super::server_statements::{close_least_used_over, prepare_statement_for, prepares};
 use super::session::{PRIMARY, REPLICA, Session};
-use super::session_log::discards_all;
+use super::state_sql::discards_all;
 use crate::consistency::{self, ReadNeed};
 use crate::pool::PoolError;
 use crate::protocol::build::{self, Severity, to_server};
@@ -25,6 +25,13 @@ impl Session {
             // In a transaction or a pinned session it runs on the primary
             // connection; an UNLISTEN also leaves the shared listener's channels.
             self.forget_listens(&command);
+            batch.local = None;
+        }
+        if matches!(batch.local, Some(LocalAnswer::Deallocate(_)))
+            && self.tx_status == tx_status::FAILED
+        {
+            // The transaction failed after the batch was read: the server
+            // refuses the DEALLOCATE (25P02), and the statement comes back.
             batch.local = None;
         }
         if let Some(answer) = batch.local.clone() {
@@ -168,6 +175,8 @@ impl Session {
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
                 mark.state = batch.state;
+                // Lost with a Flush-ended batch (no mark): not put back then.
+                mark.forgotten = batch.forgotten;
                 mark.began_tx = batch.begins_tx;
                 // Behind a possible COPY FROM STDIN nothing may be pipelined (the
                 // server would take it for copy data): capture once it is done.

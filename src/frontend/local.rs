@@ -18,6 +18,10 @@ impl Session {
         frames: &[(Frame, Need)],
         ends_sync: bool,
     ) {
+        let failed = matches!(
+            answer,
+            LocalAnswer::RefusedHint | LocalAnswer::BadSetting(_)
+        );
         match answer {
             LocalAnswer::RefusedHint => build::error_response(
                 &mut self.out,
@@ -45,7 +49,8 @@ impl Session {
         }
         if ends_sync {
             build::ready_for_query(&mut self.out, self.tx_status);
-        } else {
+        } else if failed {
+            // As a server does after an error: skip to the client's Sync.
             self.discard_until_sync = true;
         }
     }

@@ -19,6 +19,7 @@ mod server_msgs;
 mod server_statements;
 mod session;
 mod session_log;
+mod state_sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

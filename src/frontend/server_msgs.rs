@@ -151,6 +151,7 @@ impl Session {
             mark.had_error |= earlier.had_error;
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
+            mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
         }
         // A client Parse never answered with ParseComplete failed or was skipped
@@ -197,6 +198,9 @@ impl Session {
             {
                 self.statements.remove(&client_name);
             }
+        }
+        if mark.had_error {
+            self.restore_statements(std::mem::take(&mut mark.forgotten));
         }
         if !mark.internal {
             self.tx_status = status;

@@ -6,15 +6,21 @@
 
 use std::sync::Arc;
 
+use super::batch::Statement;
 use super::dispatch::send_internal;
 use super::server_statements::close_statement;
 use super::session::Session;
+use super::state_sql::{compacted, deallocated_name, discards_all, drops_prepared_statements};
+use crate::config::PoolMode;
 use crate::consistency;
 use crate::protocol::tx_status;
 
 /// Past this many remembered session-state statements the session is pinned to
 /// the primary instead of replaying an ever longer log on every new connection.
 const MAX_SESSION_LOG: usize = 256;
+
+/// A client statement dropped by a `DEALLOCATE` or `DISCARD ALL`, by name.
+pub(super) type Forgotten = (String, Arc<Statement>);
 
 /// A connection's `session_state` when what it carries is not known: never a
 /// log's hash (see `next_log_hash`) nor 0 (no state), so its next use cleans it.
@@ -101,6 +107,11 @@ impl Session {
     /// `DISCARD ALL` and replays `kept`. Pooled connections with the old state
     /// no longer match the log's hash and are cleaned the same way.
     fn replace_session_log(&mut self, slot: usize, kept: Vec<Arc<str>>) {
+        if kept == self.session_log {
+            // Nothing undone (psycopg's DEALLOCATE ALL after a ROLLBACK, with
+            // no SQL PREPAREs): the other connections need no cleaning.
+            return;
+        }
         let old_len = self.session_log.len();
         self.log_hash = kept.iter().fold(0, |hash, sql| next_log_hash(hash, sql));
         self.session_log = kept;
@@ -118,52 +129,48 @@ impl Session {
         }
     }
 
-    /// Forgets the client's prepared statements that `sql`, sent now, drops on
-    /// the server, as PostgreSQL does: a later Bind of one fails (26000) and
-    /// its name may be prepared again. Done when the statement is sent, in the
-    /// client's order, so Parses pipelined behind it are kept. Not when it is
-    /// sure to fail: `DISCARD ALL` inside a transaction block, anything in a
-    /// failed one.
-    pub(super) fn forget_dropped_statements(&mut self, sql: &str) {
+    /// Forgets the client's prepared statements that `sql` drops on the
+    /// server, as PostgreSQL does: a later Bind of one fails (26000) and its
+    /// name may be prepared again. Called as the client's messages arrive (at
+    /// the Query, or the Bind that runs it), so Parses behind it, even in the
+    /// same batch, are kept. Returns what it forgot, to be put back should the
+    /// statement fail (`restore_statements`). Not when it is sure to fail:
+    /// `DISCARD ALL` inside a transaction block, anything in a failed one.
+    pub(super) fn forget_dropped_statements(&mut self, sql: &str) -> Vec<Forgotten> {
         if self.tx_status == tx_status::FAILED {
-            return;
+            return Vec::new();
         }
         let in_tx = self.tx_status != tx_status::IDLE || self.tx_pending;
         if discards_all(sql) && in_tx {
-            return;
+            return Vec::new();
         }
         if drops_prepared_statements(sql) {
-            self.statements.clear();
+            self.statements.drain().collect()
         } else if let Some(name) = deallocated_name(sql) {
-            self.statements.remove(&name);
+            self.statements.remove_entry(&name).into_iter().collect()
+        } else {
+            Vec::new()
         }
     }
 
-    /// When `sql` is a `DEALLOCATE` of one of the client's protocol-level
-    /// statements, which pgrouter answers itself, that statement's server-side
-    /// name. The statement lives on whichever connections pgrouter prepared it
-    /// (in transaction pooling under pgrouter's name, maybe shared), not
-    /// necessarily on the one the DEALLOCATE would run on, so the server
-    /// could not answer it. psycopg with a libpq older than 17 deallocates its
-    /// statements this way.
-    pub(super) fn deallocates_locally(&self, sql: &str) -> Option<String> {
-        if self.tx_status == tx_status::FAILED {
-            return None;
+    /// A statement that made `forget_dropped_statements` forget `forgotten`
+    /// failed: they exist again, unless the client has since prepared another
+    /// statement under the name.
+    pub(super) fn restore_statements(&mut self, forgotten: Vec<Forgotten>) {
+        for (name, statement) in forgotten {
+            self.statements.entry(name).or_insert(statement);
         }
-        let name = deallocated_name(sql)?;
-        self.statements.get(&name).map(|s| s.server_name.clone())
     }
 
-    /// After a local `DEALLOCATE`: the statement is closed on the attached
-    /// connections that have it, unless another of the client's statements
-    /// shares its server-side name, so a later Bind of it fails there as on
-    /// PostgreSQL. (The Close goes out with that connection's next batch.)
+    /// After a local `DEALLOCATE` in session pooling, where the server knows the
+    /// statement by the client's name: it is closed on the attached connections
+    /// that have it, so a later Bind of it fails there as on PostgreSQL. (The
+    /// Close goes out with that connection's next batch.) In transaction
+    /// pooling the server-side name is pgrouter's and a Bind can no longer
+    /// reach it; closing there would only make a connection that goes back
+    /// to its pool with the Close unsent look unclean.
     pub(super) fn close_deallocated(&mut self, server_name: &str) {
-        if self
-            .statements
-            .values()
-            .any(|s| s.server_name == server_name)
-        {
+        if self.pool_mode == PoolMode::Transaction {
             return;
         }
         for attached in self.servers.iter_mut().flatten() {
@@ -172,109 +179,6 @@ impl Session {
             }
         }
     }
-}
-
-/// Whether `sql`'s first words are `words` (any case, a trailing `;` ignored).
-fn starts_with_words(sql: &str, words: &[&str]) -> bool {
-    let mut found = sql.split_whitespace().map(|w| w.trim_end_matches(';'));
-    words
-        .iter()
-        .all(|word| found.next().is_some_and(|w| w.eq_ignore_ascii_case(word)))
-}
-
-/// `DISCARD ALL`, which also ends every LISTEN.
-pub(super) fn discards_all(sql: &str) -> bool {
-    starts_with_words(sql, &["DISCARD", "ALL"])
-}
-
-/// The statement a `DEALLOCATE [PREPARE] name` drops (not `ALL`), as the
-/// server names it.
-fn deallocated_name(sql: &str) -> Option<String> {
-    let sql = sql.trim().trim_end_matches(';').trim_end();
-    let rest = after_word(sql, "DEALLOCATE")?;
-    let rest = after_word(rest, "PREPARE").unwrap_or(rest);
-    let (name, after) = leading_name(rest)?;
-    let is_all = name == "all" && !rest.starts_with('"');
-    (after.trim().is_empty() && !is_all).then_some(name)
-}
-
-/// The statement a SQL `PREPARE name [(types)] AS ...` creates, as the server
-/// names it (not `PREPARE TRANSACTION 'id'`).
-fn prepared_name(sql: &str) -> Option<String> {
-    let rest = after_word(sql.trim_start(), "PREPARE")?;
-    let (name, after) = leading_name(rest)?;
-    let after = after.trim_start();
-    (after.starts_with('(') || after_word(after, "AS").is_some()).then_some(name)
-}
-
-/// What follows `word` (any case) and the whitespace after it at the start of `sql`.
-fn after_word<'a>(sql: &'a str, word: &str) -> Option<&'a str> {
-    let head = sql.get(..word.len())?;
-    let rest = &sql[word.len()..];
-    let ends = rest.is_empty() || rest.starts_with(char::is_whitespace);
-    (head.eq_ignore_ascii_case(word) && ends).then(|| rest.trim_start())
-}
-
-/// The identifier at the start of `sql` as the server names it (a quoted one
-/// as written, an unquoted one folded to lower case in ASCII, as PostgreSQL
-/// does in UTF-8 databases), and the text after it.
-fn leading_name(sql: &str) -> Option<(String, &str)> {
-    if let Some(quoted) = sql.strip_prefix('"') {
-        let mut name = String::new();
-        let mut rest = quoted;
-        loop {
-            let end = rest.find('"')?;
-            name.push_str(&rest[..end]);
-            rest = &rest[end + 1..];
-            match rest.strip_prefix('"') {
-                Some(after) => {
-                    name.push('"');
-                    rest = after;
-                }
-                None => break,
-            }
-        }
-        return (!name.is_empty()).then_some((name, rest));
-    }
-    let end = sql
-        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        .unwrap_or(sql.len());
-    let name = &sql[..end];
-    let starts_well = name.starts_with(|c: char| c.is_alphabetic() || c == '_');
-    starts_well.then(|| (name.to_ascii_lowercase(), &sql[end..]))
-}
-
-/// The log once `sql`, just completed, has taken effect, when it only undoes
-/// earlier entries: `DISCARD ALL` leaves only `LOAD`s (it unloads nothing),
-/// `DEALLOCATE ALL` drops every `PREPARE`, `DEALLOCATE name` the `PREPARE` of
-/// that name, if the log has one (else it dropped a protocol-level statement,
-/// in session pooling: the log stays, and `replace_session_log` cleans the
-/// other connections, which may have it). `None` for anything else.
-fn compacted(log: &[Arc<str>], sql: &str) -> Option<Vec<Arc<str>>> {
-    if discards_all(sql) {
-        let loads = log.iter().filter(|e| starts_with_words(e, &["LOAD"]));
-        return Some(loads.cloned().collect());
-    }
-    if drops_prepared_statements(sql) {
-        let others = log.iter().filter(|e| prepared_name(e).is_none());
-        return Some(others.cloned().collect());
-    }
-    let name = deallocated_name(sql)?;
-    let mut kept = log.to_vec();
-    if let Some(at) = kept
-        .iter()
-        .rposition(|e| prepared_name(e).as_deref() == Some(name.as_str()))
-    {
-        kept.remove(at);
-    }
-    Some(kept)
-}
-
-/// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
-pub(super) fn drops_prepared_statements(sql: &str) -> bool {
-    discards_all(sql)
-        || starts_with_words(sql, &["DEALLOCATE", "ALL"])
-        || starts_with_words(sql, &["DEALLOCATE", "PREPARE", "ALL"])
 }
 
 /// The hash of a session log after `sql` is appended to a log hashing to
@@ -291,103 +195,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_that_drop_server_state() {
-        for sql in [
-            "DISCARD ALL",
-            "discard all;",
-            "DEALLOCATE ALL",
-            "deallocate prepare all",
-        ] {
-            assert!(drops_prepared_statements(sql), "{sql}");
-        }
-        for sql in [
-            "DISCARD PLANS",
-            "DEALLOCATE s1",
-            "DEALLOCATE PREPARE s1",
-            "DISCARD",
-        ] {
-            assert!(!drops_prepared_statements(sql), "{sql}");
-        }
-        assert!(discards_all("DISCARD ALL;"));
-        assert!(!discards_all("DEALLOCATE ALL"));
-    }
-
-    #[test]
-    fn the_statement_a_prepare_creates() {
-        for (sql, name) in [
-            ("PREPARE q AS SELECT 1", Some("q")),
-            ("prepare Q(int, text) as SELECT $1", Some("q")),
-            ("PREPARE q (int) AS SELECT $1", Some("q")),
-            ("PREPARE \"My Q\" AS SELECT 1", Some("My Q")),
-            ("PREPARE TRANSACTION 'x'", None),
-            ("PREPARE", None),
-            ("PREPAREX q AS SELECT 1", None),
-            ("SET x = 1", None),
-        ] {
-            assert_eq!(prepared_name(sql).as_deref(), name, "{sql}");
-        }
-    }
-
-    #[test]
-    fn statements_that_undo_earlier_ones_shorten_the_log() {
-        let log: Vec<Arc<str>> = [
-            "SET a = 1",
-            "PREPARE p AS SELECT 1",
-            "LOAD 'x'",
-            "PREPARE q AS SELECT 2",
-        ]
-        .into_iter()
-        .map(Arc::from)
-        .collect();
-        let texts = |kept: Option<Vec<Arc<str>>>| {
-            kept.map(|k| k.iter().map(|e| e.to_string()).collect::<Vec<_>>())
-        };
-        assert_eq!(
-            texts(compacted(&log, "DISCARD ALL")),
-            Some(vec!["LOAD 'x'".to_owned()])
-        );
-        assert_eq!(
-            texts(compacted(&log, "DEALLOCATE ALL")),
-            Some(vec!["SET a = 1".to_owned(), "LOAD 'x'".to_owned()])
-        );
-        assert_eq!(
-            texts(compacted(&log, "DEALLOCATE P")),
-            Some(vec![
-                "SET a = 1".to_owned(),
-                "LOAD 'x'".to_owned(),
-                "PREPARE q AS SELECT 2".to_owned()
-            ])
-        );
-        assert_eq!(
-            compacted(&log, "DEALLOCATE other").map(|k| k.len()),
-            Some(4)
-        );
-        assert_eq!(compacted(&log, "SET b = 2"), None);
-        assert_eq!(compacted(&log, "DISCARD PLANS"), None);
-    }
-
-    #[test]
     fn a_log_hash_is_never_a_reserved_value() {
         let hash = ["SET a = 1", "SET b = 2"]
             .iter()
             .fold(0, |h, sql| next_log_hash(h, sql));
         assert!(hash != 0 && hash != UNKNOWN_STATE);
-    }
-
-    #[test]
-    fn the_statement_a_deallocate_drops() {
-        for (sql, name) in [
-            ("DEALLOCATE s1", Some("s1")),
-            ("deallocate prepare S1;", Some("s1")),
-            ("DEALLOCATE \"My \"\"s\"\"\"", Some("My \"s\"")),
-            ("DEALLOCATE  PREPARE   x ", Some("x")),
-            ("DEALLOCATE ALL", None),
-            ("DEALLOCATE PREPARE ALL", None),
-            ("DEALLOCATE", None),
-            ("DISCARD ALL", None),
-            ("SELECT 1", None),
-        ] {
-            assert_eq!(deallocated_name(sql).as_deref(), name, "{sql}");
-        }
     }
 }
