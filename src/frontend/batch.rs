@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SessionError;
+use super::local::{deallocated_statement, is_one_statement};
 use super::session::{Flow, PRIMARY, REPLICA, Session};
 use super::session_log::Forgotten;
 use crate::consistency::SettingError;
@@ -186,57 +187,6 @@ impl Batch {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-    }
-}
-
-/// Whether every message of the batch belongs to its one statement: a simple
-/// Query, or one Bind with the Parse and Describe of its statement, the
-/// Describe and Execute of its portal, and the Sync or Flush after them. Only
-/// such a batch can pgrouter answer itself: other messages need a server.
-fn is_one_statement(batch: &Batch) -> bool {
-    use frontend_tag::{BIND, DESCRIBE, EXECUTE, FLUSH, PARSE, QUERY, SYNC};
-    if batch.statements != 1 {
-        return false;
-    }
-    let bound = batch
-        .frames
-        .iter()
-        .find(|(frame, _)| frame.tag == BIND)
-        .and_then(|(frame, _)| bind_message(frame.body()).ok());
-    // A Query's batch has no Bind: then nothing else is allowed anyway.
-    let (portal, statement) = bound.unwrap_or(("", ""));
-    batch.frames.iter().all(|(frame, _)| {
-        let body = frame.body();
-        match frame.tag {
-            QUERY | SYNC | FLUSH | BIND => true,
-            PARSE => parse_message(body).is_ok_and(|(name, _)| name == statement),
-            DESCRIBE => target_message(body, "Describe").is_ok_and(|(kind, name)| {
-                name == if kind == target_kind::STATEMENT {
-                    statement
-                } else {
-                    portal
-                }
-            }),
-            EXECUTE => execute_message(body).is_ok_and(|name| name == portal),
-            _ => false,
-        }
-    })
-}
-
-/// The server-side name of the client's protocol-level statement the batch's
-/// lone `DEALLOCATE` dropped (`forget_dropped_statements`), which pgrouter
-/// answers itself: the statement lives on whichever connections pgrouter
-/// prepared it (in transaction pooling under pgrouter's name, maybe shared),
-/// not necessarily on the one the DEALLOCATE would run on. psycopg with a
-/// libpq older than 17 deallocates its statements this way.
-fn deallocated_statement(batch: &Batch) -> Option<String> {
-    let name = batch
-        .state
-        .as_deref()
-        .and_then(super::state_sql::deallocated_name)?;
-    match batch.forgotten.as_slice() {
-        [(forgotten, statement)] if *forgotten == name => Some(statement.server_name.clone()),
-        _ => None,
     }
 }
 
@@ -482,7 +432,8 @@ impl Session {
         // gives itself waits for the session to be idle, and an open section
         // keeps it busy until the client's Sync, which would come after.
         let may_answer = self.open.is_none() && self.ready.is_empty();
-        if batch.local.is_none() && may_answer && is_one_statement(&batch) {
+        let maybe_local = batch.listen.is_some() || !batch.forgotten.is_empty();
+        if maybe_local && batch.local.is_none() && may_answer && is_one_statement(&batch) {
             if let Some(command) = batch.listen.take() {
                 batch.local = Some(LocalAnswer::Listen(command));
             } else if let Some(server_name) = deallocated_statement(&batch) {

@@ -1,13 +1,14 @@
 //! Answers pgrouter gives a client itself, without a server: refusals of
 //! what it will not run, its own settings, and statements that only change
 //! pgrouter's bookkeeping (LISTEN in the shared listener, DEALLOCATE of a
-//! renamed statement). It writes to the client's buffer only.
+//! client's protocol-level statement), and which batches it may answer so.
+//! It writes to the client's buffer only.
 
-use super::batch::{LocalAnswer, Need};
+use super::batch::{Batch, LocalAnswer, Need};
 use super::session::Session;
 use crate::consistency::format_lsn;
 use crate::protocol::build::{self, Severity};
-use crate::protocol::fields::target_message;
+use crate::protocol::fields::{bind_message, execute_message, parse_message, target_message};
 use crate::protocol::{Frame, frontend_tag, sqlstate, target_kind};
 
 impl Session {
@@ -69,5 +70,56 @@ impl Session {
                     .is_ok_and(|(kind, _)| kind == target_kind::STATEMENT);
             build::no_result_answer(&mut self.out, frame.tag, describes_statement, tag);
         }
+    }
+}
+
+/// Whether every message of the batch belongs to its one statement: a simple
+/// Query, or one Bind with the Parse and Describe of its statement, the
+/// Describe and Execute of its portal, and the Sync or Flush after them. Only
+/// such a batch can pgrouter answer itself: other messages need a server.
+pub(super) fn is_one_statement(batch: &Batch) -> bool {
+    use frontend_tag::{BIND, DESCRIBE, EXECUTE, FLUSH, PARSE, QUERY, SYNC};
+    if batch.statements != 1 {
+        return false;
+    }
+    let bound = batch
+        .frames
+        .iter()
+        .find(|(frame, _)| frame.tag == BIND)
+        .and_then(|(frame, _)| bind_message(frame.body()).ok());
+    // A Query's batch has no Bind: then nothing else is allowed anyway.
+    let (portal, statement) = bound.unwrap_or(("", ""));
+    batch.frames.iter().all(|(frame, _)| {
+        let body = frame.body();
+        match frame.tag {
+            QUERY | SYNC | FLUSH | BIND => true,
+            PARSE => parse_message(body).is_ok_and(|(name, _)| name == statement),
+            DESCRIBE => target_message(body, "Describe").is_ok_and(|(kind, name)| {
+                name == if kind == target_kind::STATEMENT {
+                    statement
+                } else {
+                    portal
+                }
+            }),
+            EXECUTE => execute_message(body).is_ok_and(|name| name == portal),
+            _ => false,
+        }
+    })
+}
+
+/// The server-side name of the client's protocol-level statement the batch's
+/// lone `DEALLOCATE` dropped (`forget_dropped_statements`), which pgrouter
+/// answers itself: the statement lives on whichever connections pgrouter
+/// prepared it (in transaction pooling under pgrouter's name, maybe shared),
+/// not necessarily on the one the DEALLOCATE would run on. psycopg with a
+/// libpq older than 17 deallocates its statements this way.
+pub(super) fn deallocated_statement(batch: &Batch) -> Option<String> {
+    let name = batch
+        .state
+        .as_deref()
+        .and_then(super::state_sql::deallocated_name)?;
+    match batch.forgotten.as_slice() {
+        [(forgotten, statement)] if *forgotten == name => Some(statement.server_name.clone()),
+        _ => None,
     }
 }
