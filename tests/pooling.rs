@@ -245,6 +245,23 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
             assert!(!seen.starts_with("a299"), "B sees {seen}");
         }
     }
+    // A setting made in a transaction that rolls back is not kept; one made
+    // in a transaction that commits is, on every connection A gets.
+    for (end, expected) in [("ROLLBACK", "a299"), ("COMMIT", "in_tx")] {
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute("SET application_name = 'in_tx'")
+            .await
+            .unwrap();
+        a.batch_execute(end).await.unwrap();
+        for client in [&b, &a, &b, &a] {
+            let seen = first(client.simple_query("SHOW application_name").await.unwrap());
+            if std::ptr::eq(client, &a) {
+                assert_eq!(seen, expected, "after {end}");
+            } else {
+                assert!(!seen.starts_with('a') && seen != "in_tx", "B sees {seen}");
+            }
+        }
+    }
     env.stop().await;
 }
 

@@ -23,6 +23,8 @@ pub(super) struct Mark {
     /// the batch fails (see `Session::restore_statements`).
     pub forgotten: Vec<super::session_log::Forgotten>,
     pub began_tx: bool,
+    /// The server answered ROLLBACK (also to a COMMIT of a failed transaction).
+    pub rolled_back: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
     /// The commit-position query follows: hold this ReadyForQuery until it answers.
@@ -56,6 +58,7 @@ impl Mark {
             state: None,
             forgotten: Vec::new(),
             began_tx: false,
+            rolled_back: false,
             extended,
             holds_ready: false,
             capture_after: false,

@@ -79,7 +79,8 @@ impl Session {
 /// such a batch can pgrouter answer itself: other messages need a server.
 pub(super) fn is_one_statement(batch: &Batch) -> bool {
     use frontend_tag::{BIND, DESCRIBE, EXECUTE, FLUSH, PARSE, QUERY, SYNC};
-    if batch.statements != 1 {
+    let binds = batch.frames.iter().filter(|(frame, _)| frame.tag == BIND);
+    if batch.statements != 1 || binds.count() > 1 {
         return false;
     }
     let bound = batch

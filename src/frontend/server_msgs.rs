@@ -87,6 +87,25 @@ impl Session {
                     }
                 }
             }
+            backend_tag::COMMAND_COMPLETE if frame.body() == b"ROLLBACK\0" => {
+                if let Some(mark) = attached.current_mark() {
+                    mark.rolled_back = true;
+                }
+            }
+            backend_tag::COMMAND_COMPLETE if frame.body().first() == Some(&b'D') => {
+                // A DEALLOCATE or DISCARD ALL that completed holds even when
+                // something later in its batch fails (it is not undone by a
+                // rollback): what it dropped stays dropped.
+                let body = frame.body();
+                if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
+                    attached.conn.conn.prepared.clear();
+                }
+                if body.starts_with(b"DEALLOCATE") || body.starts_with(b"DISCARD ALL\0") {
+                    if let Some(mark) = attached.current_mark() {
+                        mark.forgotten.clear();
+                    }
+                }
+            }
             backend_tag::READY_FOR_QUERY => return self.on_ready(slot, frame),
             backend_tag::DATA_ROW => {
                 if let Some(mark) = attached.current_mark().filter(|m| m.captures) {
@@ -151,6 +170,7 @@ impl Session {
             mark.had_error |= earlier.had_error;
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
+            mark.rolled_back |= earlier.rolled_back;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
         }
@@ -203,6 +223,7 @@ impl Session {
             self.restore_statements(std::mem::take(&mut mark.forgotten));
         }
         if !mark.internal {
+            let ends_tx = self.tx_status != tx_status::IDLE && status == tx_status::IDLE;
             self.tx_status = status;
             if mark.began_tx {
                 self.tx_pending = false;
@@ -218,6 +239,10 @@ impl Session {
                 self.on_write_ready(&mark, status, frame);
             } else {
                 self.out.extend_from_slice(&frame.raw);
+            }
+            // Settings made in the transaction first: they came before.
+            if ends_tx && !self.tx_state.is_empty() {
+                self.end_tx_state(slot, !mark.rolled_back);
             }
             if let Some(sql) = state {
                 self.remember_state(slot, sql);
@@ -285,8 +310,9 @@ impl Session {
             self.open = None;
         }
         if slot == self.tx_slot.unwrap_or(PRIMARY) {
-            // The transaction died with the connection.
+            // The transaction died with the connection, and its settings.
             self.tx_status = tx_status::IDLE;
+            self.tx_state.clear();
             self.tx_pending = false;
             self.tx_slot = None;
         }

@@ -73,6 +73,9 @@ pub(crate) struct Session {
     /// Session-state statements (SET, RESET, ...) in order, replayed on every
     /// connection the session uses.
     pub(super) session_log: Vec<Arc<str>>,
+    /// Session-state statements that completed inside the open transaction
+    /// block: logged if it commits (see `end_tx_state`).
+    pub(super) tx_state: Vec<Arc<str>>,
     pub(super) tx_status: u8,
     /// A BEGIN was sent but its ReadyForQuery has not come back yet.
     pub(super) tx_pending: bool,
@@ -150,6 +153,7 @@ impl Session {
             retry: None,
             statements: HashMap::new(),
             session_log: Vec::new(),
+            tx_state: Vec::new(),
             tx_status: tx_status::IDLE,
             tx_pending: false,
             tx_slot: None,

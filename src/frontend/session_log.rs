@@ -10,7 +10,9 @@ use super::batch::Statement;
 use super::dispatch::send_internal;
 use super::server_statements::close_statement;
 use super::session::Session;
-use super::state_sql::{compacted, deallocated_name, discards_all, drops_prepared_statements};
+use super::state_sql::{
+    compacted, deallocated_name, discards_all, drops_prepared_statements, undone_by_rollback,
+};
 use crate::config::PoolMode;
 use crate::consistency;
 use crate::protocol::tx_status;
@@ -74,6 +76,42 @@ impl Session {
                 attached.conn.conn.prepared.clear();
             }
         }
+        let in_tx = self.tx_status != tx_status::IDLE;
+        if in_tx && undone_by_rollback(&sql) {
+            // Remembered when the transaction commits (`end_tx_state`).
+            self.tx_state.push(sql);
+        } else {
+            self.log_state(slot, sql);
+        }
+        if !self.tx_state.is_empty() {
+            // The connection carries settings the log does not have yet (and
+            // a ROLLBACK may undo): no session, this one included when it
+            // gets it back from the pool, takes it as it is. Its `applied`
+            // stays: nothing is replayed in the middle of a transaction.
+            if let Some(attached) = self.servers[slot].as_mut() {
+                attached.conn.conn.session_state = UNKNOWN_STATE;
+            }
+        }
+    }
+
+    /// The transaction block on `slot` ended: the settings made in it are
+    /// remembered if it committed, forgotten if it rolled back (as the server
+    /// did; settings undone by `ROLLBACK TO SAVEPOINT` are not followed).
+    pub(super) fn end_tx_state(&mut self, slot: usize, committed: bool) {
+        let made = std::mem::take(&mut self.tx_state);
+        if committed {
+            for sql in made {
+                self.log_state(slot, sql);
+            }
+        } else if let Some(attached) = self.servers[slot].as_mut() {
+            if attached.applied == self.session_log.len() {
+                attached.conn.conn.session_state = self.log_hash;
+            }
+        }
+    }
+
+    /// Adds `sql`, which ran on `slot`, to the session's log.
+    fn log_state(&mut self, slot: usize, sql: Arc<str>) {
         if let Some(kept) = compacted(&self.session_log, &sql) {
             self.replace_session_log(slot, kept);
             return;
@@ -101,11 +139,13 @@ impl Session {
     }
 
     /// Makes `kept` the session's log after a statement that ran on `slot`
-    /// undid part of it. That connection now carries exactly `kept` if it
-    /// carried the whole log before; any other attached connection still has
-    /// the undone state, so it is marked unknown: its next use starts with
-    /// `DISCARD ALL` and replays `kept`. Pooled connections with the old state
-    /// no longer match the log's hash and are cleaned the same way.
+    /// undid or overrode part of it. That connection now carries exactly
+    /// `kept` if it carried the whole log before. Another attached connection
+    /// that did too only needs the statement itself when `kept` ends with it
+    /// (a SET): it is replayed there next. Any other is marked unknown: its
+    /// next use starts with `DISCARD ALL` and replays `kept`. Pooled
+    /// connections with the old state no longer match the log's hash and are
+    /// cleaned the same way.
     fn replace_session_log(&mut self, slot: usize, kept: Vec<Arc<str>>) {
         if kept == self.session_log {
             // Nothing undone (psycopg's DEALLOCATE ALL after a ROLLBACK, with
@@ -113,6 +153,9 @@ impl Session {
             return;
         }
         let old_len = self.session_log.len();
+        let ends_with_new = kept
+            .last()
+            .is_some_and(|last| !self.session_log.iter().any(|old| Arc::ptr_eq(old, last)));
         self.log_hash = kept.iter().fold(0, |hash, sql| next_log_hash(hash, sql));
         self.session_log = kept;
         for (index, server) in self.servers.iter_mut().enumerate() {
@@ -122,6 +165,8 @@ impl Session {
             if index == slot && attached.applied == old_len {
                 attached.applied = self.session_log.len();
                 attached.conn.conn.session_state = self.log_hash;
+            } else if ends_with_new && attached.applied == old_len {
+                attached.applied = self.session_log.len() - 1;
             } else {
                 attached.applied = 0;
                 attached.conn.conn.session_state = UNKNOWN_STATE;
@@ -145,7 +190,17 @@ impl Session {
             return Vec::new();
         }
         if drops_prepared_statements(sql) {
-            self.statements.drain().collect()
+            // Not the unnamed statement, which DEALLOCATE ALL keeps.
+            let named: Vec<String> = self
+                .statements
+                .keys()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect();
+            named
+                .into_iter()
+                .filter_map(|name| self.statements.remove_entry(&name))
+                .collect()
         } else if let Some(name) = deallocated_name(sql) {
             self.statements.remove_entry(&name).into_iter().collect()
         } else {

@@ -95,8 +95,12 @@ pub(super) fn compacted(log: &[Arc<str>], sql: &str) -> Option<Vec<Arc<str>>> {
     if let Some(setting) = plain_setting(sql) {
         return superseded(log, &setting).map(|mut kept| {
             // A RESET with nothing but plain SETs of other parameters before
-            // it leaves what a fresh (or cleaned) connection has anyway.
-            let needed = !setting.reset || kept.iter().any(|e| plain_setting(e).is_none());
+            // it leaves what a fresh (or cleaned) connection has anyway;
+            // except for a custom parameter (`a.b`), which a RESET leaves
+            // defined (as '') where a fresh connection does not know it.
+            let custom = setting.parameter.contains('.');
+            let needed =
+                !setting.reset || custom || kept.iter().any(|e| plain_setting(e).is_none());
             if needed {
                 kept.push(Arc::from(sql));
             }
@@ -141,6 +145,20 @@ struct PlainSetting {
     reset: bool,
 }
 
+/// Parameters whose value changes what later statements mean or may do, so a
+/// SET of one is never moved past others: `role` and `session_authorization`
+/// (which SETs are allowed), `client_encoding`, `standard_conforming_strings`
+/// and `backslash_quote` (how later values are read), and
+/// `default_text_search_config` (resolved through `search_path` when set).
+const ORDER_DEPENDENT: &[&str] = &[
+    "role",
+    "session_authorization",
+    "client_encoding",
+    "standard_conforming_strings",
+    "backslash_quote",
+    "default_text_search_config",
+];
+
 /// `sql` as a plain setting, if it is one. Not: `SET ROLE` and `SET SESSION
 /// AUTHORIZATION` in any form (they change which later SETs are allowed),
 /// `SET LOCAL`, `RESET ALL`, `SET TIME ZONE` and the like, nor a text with
@@ -163,14 +181,16 @@ fn plain_setting(sql: &str) -> Option<PlainSetting> {
         parameter = format!("{parameter}.{name}");
         after = next;
     }
+    // PostgreSQL matches parameter names in any (ASCII) case, even quoted.
+    let parameter = parameter.to_ascii_lowercase();
     let after = after.trim_start();
     let well_formed = if reset {
         after.is_empty() && parameter != "all"
     } else {
         after.starts_with('=') || after_word(after, "TO").is_some()
     };
-    let changes_privileges = matches!(parameter.as_str(), "role" | "session_authorization");
-    (well_formed && !changes_privileges).then_some(PlainSetting { parameter, reset })
+    (well_formed && !ORDER_DEPENDENT.contains(&parameter.as_str()))
+        .then_some(PlainSetting { parameter, reset })
 }
 
 /// The log without the plain SETs and RESETs of `setting`'s parameter that
@@ -189,6 +209,16 @@ fn superseded(log: &[Arc<str>], setting: &PlainSetting) -> Option<Vec<Arc<str>>>
     let mut kept = log.get(..start).unwrap_or_default().to_vec();
     kept.extend(tail.iter().filter(|e| !same(e)).cloned());
     Some(kept)
+}
+
+/// Whether a ROLLBACK of the transaction block it ran in undoes `sql`: SET,
+/// RESET and `set_config` do; SQL PREPARE, DEALLOCATE and LOAD do not.
+pub(super) fn undone_by_rollback(sql: &str) -> bool {
+    let sql = sql.trim_start();
+    prepared_name(sql).is_none()
+        && after_word(sql, "PREPARE").is_none()
+        && after_word(sql, "DEALLOCATE").is_none()
+        && after_word(sql, "LOAD").is_none()
 }
 
 /// `DISCARD ALL` and `DEALLOCATE ALL` drop every prepared statement on the server.
@@ -285,6 +315,21 @@ mod tests {
     }
 
     #[test]
+    fn what_a_rollback_undoes() {
+        for sql in ["SET a = 1", "RESET a", "SELECT set_config('a', '1', false)"] {
+            assert!(undone_by_rollback(sql), "{sql}");
+        }
+        for sql in [
+            "PREPARE q AS SELECT 1",
+            "DEALLOCATE q",
+            "DEALLOCATE ALL",
+            "LOAD 'x'",
+        ] {
+            assert!(!undone_by_rollback(sql), "{sql}");
+        }
+    }
+
+    #[test]
     fn plain_settings() {
         for (sql, parameter, reset) in [
             ("SET search_path = a, b", "search_path", false),
@@ -293,7 +338,7 @@ mod tests {
                 "statement_timeout",
                 false,
             ),
-            ("SET \"Search_Path\" TO x", "Search_Path", false),
+            ("SET \"Search_Path\" TO x", "search_path", false),
             (
                 "SET pgrouter.consistency = 'pin'",
                 "pgrouter.consistency",
@@ -312,6 +357,9 @@ mod tests {
         for sql in [
             "SET ROLE admin",
             "SET role = admin",
+            "SET \"ROLE\" = admin",
+            "SET client_encoding = 'LATIN1'",
+            "SET standard_conforming_strings = off",
             "SET SESSION AUTHORIZATION bob",
             "SET session_authorization TO bob",
             "RESET ROLE",
@@ -365,6 +413,12 @@ mod tests {
         );
         // A RESET after such an entry must stay to undo the older SET.
         assert_eq!(compacted(&prepared, "RESET search_path"), None);
+        // A custom parameter stays defined after a RESET: the RESET stays.
+        let custom = log(&["SET app.tenant = '5'"]);
+        assert_eq!(
+            texts(compacted(&custom, "RESET app.tenant")),
+            Some(vec!["RESET app.tenant".to_owned()])
+        );
         // A RESET of a parameter never set: nothing to remember.
         assert_eq!(
             texts(compacted(&plain, "RESET c")),
