@@ -262,6 +262,20 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
             }
         }
     }
+    // A client with no settings yet: its transaction keeps running after a SET.
+    let c = env.client().await;
+    for sql in [
+        "BEGIN",
+        "SET statement_timeout = 5000",
+        "SELECT 1",
+        "COMMIT",
+    ] {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let seen = first(c.simple_query("SHOW statement_timeout").await.unwrap());
+    assert_eq!(seen, "5s");
     env.stop().await;
 }
 

@@ -23,8 +23,11 @@ pub(super) struct Mark {
     /// the batch fails (see `Session::restore_statements`).
     pub forgotten: Vec<super::session_log::Forgotten>,
     pub began_tx: bool,
-    /// The server answered ROLLBACK (also to a COMMIT of a failed transaction).
+    /// The server's last COMMIT or ROLLBACK answer was ROLLBACK (also sent for
+    /// a COMMIT of a failed transaction, and for ROLLBACK TO SAVEPOINT).
     pub rolled_back: bool,
+    /// See `Batch::state_before_end`.
+    pub state_before_end: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
     /// The commit-position query follows: hold this ReadyForQuery until it answers.
@@ -59,6 +62,7 @@ impl Mark {
             forgotten: Vec::new(),
             began_tx: false,
             rolled_back: false,
+            state_before_end: false,
             extended,
             holds_ready: false,
             capture_after: false,

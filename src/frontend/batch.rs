@@ -119,6 +119,8 @@ pub(super) struct Batch {
     pub freshness: FreshnessHints,
     pub pins: bool,
     pub state: Option<Arc<str>>,
+    /// A COMMIT or ROLLBACK came after `state` in the batch: a ROLLBACK undid it.
+    pub state_before_end: bool,
     /// The client's statements its `DEALLOCATE` or `DISCARD ALL` made pgrouter
     /// forget, put back if it fails.
     pub forgotten: Vec<Forgotten>,
@@ -149,7 +151,10 @@ impl Batch {
                 self.begins_tx = true;
                 self.read_only_tx = read_only;
             }
-            TxEffect::End => self.ends_tx = true,
+            TxEffect::End => {
+                self.ends_tx = true;
+                self.state_before_end |= self.state.is_some();
+            }
             TxEffect::None => {}
         }
         if decision.hint_refused {
@@ -161,6 +166,7 @@ impl Batch {
                     self.local = Some(LocalAnswer::BadSetting(err));
                 }
                 self.state = Some(Arc::from(text));
+                self.state_before_end = false;
             }
             SessionEffect::PinPrimary => {
                 self.pins = true;

@@ -175,6 +175,7 @@ impl Session {
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
                 mark.state = batch.state;
+                mark.state_before_end = batch.state_before_end;
                 // Lost with a Flush-ended batch (no mark): not put back then.
                 mark.forgotten = batch.forgotten;
                 mark.began_tx = batch.begins_tx;

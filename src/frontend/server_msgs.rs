@@ -87,9 +87,12 @@ impl Session {
                     }
                 }
             }
-            backend_tag::COMMAND_COMPLETE if frame.body() == b"ROLLBACK\0" => {
+            backend_tag::COMMAND_COMPLETE
+                if matches!(frame.body(), b"ROLLBACK\0" | b"COMMIT\0") =>
+            {
+                // The last one wins: ROLLBACK TO SAVEPOINT; COMMIT commits.
                 if let Some(mark) = attached.current_mark() {
-                    mark.rolled_back = true;
+                    mark.rolled_back = frame.body() == b"ROLLBACK\0";
                 }
             }
             backend_tag::COMMAND_COMPLETE if frame.body().first() == Some(&b'D') => {
@@ -171,6 +174,7 @@ impl Session {
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
             mark.rolled_back |= earlier.rolled_back;
+            mark.state_before_end |= earlier.state_before_end;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
         }
@@ -232,7 +236,9 @@ impl Session {
                 self.tx_slot = None;
             }
             self.retry_after_ready(slot, false);
-            let state = mark.state.clone().filter(|_| !mark.had_error);
+            // A setting the batch's own ROLLBACK undid is not kept.
+            let undone = mark.rolled_back && mark.state_before_end;
+            let state = mark.state.clone().filter(|_| !mark.had_error && !undone);
             if mark.ready_hidden {
                 // pgrouter's own Sync: the client never asked for this one.
             } else if slot == PRIMARY {

@@ -74,8 +74,8 @@ pub(crate) struct Session {
     /// connection the session uses.
     pub(super) session_log: Vec<Arc<str>>,
     /// Session-state statements that completed inside the open transaction
-    /// block: logged if it commits (see `end_tx_state`).
-    pub(super) tx_state: Vec<Arc<str>>,
+    /// block, and whether a ROLLBACK leaves them (see `end_tx_state`).
+    pub(super) tx_state: Vec<(Arc<str>, bool)>,
     pub(super) tx_status: u8,
     /// A BEGIN was sent but its ReadyForQuery has not come back yet.
     pub(super) tx_pending: bool,

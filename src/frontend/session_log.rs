@@ -77,36 +77,40 @@ impl Session {
             }
         }
         let in_tx = self.tx_status != tx_status::IDLE;
-        if in_tx && undone_by_rollback(&sql) {
-            // Remembered when the transaction commits (`end_tx_state`).
-            self.tx_state.push(sql);
+        let survives = !undone_by_rollback(&sql);
+        if in_tx && (!survives || !self.tx_state.is_empty()) {
+            // Remembered when the transaction ends (`end_tx_state`), in order.
+            // Meanwhile the connection is not returned to its pool, so what it
+            // carries matters only from then on.
+            self.tx_state.push((sql, survives));
         } else {
             self.log_state(slot, sql);
-        }
-        if !self.tx_state.is_empty() {
-            // The connection carries settings the log does not have yet (and
-            // a ROLLBACK may undo): no session, this one included when it
-            // gets it back from the pool, takes it as it is. Its `applied`
-            // stays: nothing is replayed in the middle of a transaction.
-            if let Some(attached) = self.servers[slot].as_mut() {
-                attached.conn.conn.session_state = UNKNOWN_STATE;
-            }
         }
     }
 
     /// The transaction block on `slot` ended: the settings made in it are
     /// remembered if it committed, forgotten if it rolled back (as the server
-    /// did; settings undone by `ROLLBACK TO SAVEPOINT` are not followed).
+    /// did; settings undone by `ROLLBACK TO SAVEPOINT` are not followed). Then
+    /// the connection carries the log, if it had all of it before; else no
+    /// session may take it as it is.
     pub(super) fn end_tx_state(&mut self, slot: usize, committed: bool) {
         let made = std::mem::take(&mut self.tx_state);
-        if committed {
-            for sql in made {
+        let had_all = self.servers[slot]
+            .as_ref()
+            .is_some_and(|a| a.applied == self.session_log.len());
+        for (sql, survives) in made {
+            if committed || survives {
                 self.log_state(slot, sql);
             }
-        } else if let Some(attached) = self.servers[slot].as_mut() {
-            if attached.applied == self.session_log.len() {
-                attached.conn.conn.session_state = self.log_hash;
-            }
+        }
+        let log_len = self.session_log.len();
+        if let Some(attached) = self.servers[slot].as_mut() {
+            attached.conn.conn.session_state = if had_all {
+                attached.applied = log_len;
+                self.log_hash
+            } else {
+                UNKNOWN_STATE
+            };
         }
     }
 
