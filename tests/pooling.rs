@@ -279,6 +279,34 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
     env.stop().await;
 }
 
+/// A setting in one extended-protocol batch with the BEGIN and the end of its
+/// transaction block is kept only if the block commits: the reads after it
+/// run on a replica connection, where the session's settings are replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_sets_and_ends_a_transaction_keeps_it_only_on_commit() {
+    use common::raw::*;
+    let env = trust_env_with(small_pools(1)).await;
+    let (mut stream, _) = raw_login(env.addr).await;
+    let s = &mut stream;
+    for (end, expected) in [("ROLLBACK", ""), ("COMMIT", "kept")] {
+        let mut messages = Vec::new();
+        for sql in ["BEGIN", "SET application_name = 'kept'", end] {
+            messages.extend([parse("", sql), bind("", ""), execute("")]);
+        }
+        messages.push(sync());
+        send(s, &concat(&messages)).await;
+        let answer = until_ready(s, WAIT, end).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{end}");
+        let answer = raw_query(s, "SHOW application_name").await;
+        assert_eq!(
+            first_value(&answer).as_deref(),
+            Some(expected),
+            "after {end}"
+        );
+    }
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_answers_53300_after_checkout_timeout() {
     let env = common::start_with(|config| {

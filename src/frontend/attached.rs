@@ -23,9 +23,10 @@ pub(super) struct Mark {
     /// the batch fails (see `Session::restore_statements`).
     pub forgotten: Vec<super::session_log::Forgotten>,
     pub began_tx: bool,
-    /// The server's last COMMIT or ROLLBACK answer was ROLLBACK (also sent for
-    /// a COMMIT of a failed transaction, and for ROLLBACK TO SAVEPOINT).
-    pub rolled_back: bool,
+    /// The server's last COMMIT or ROLLBACK answer was COMMIT (a COMMIT of a
+    /// failed transaction is answered ROLLBACK, one that fails with an error
+    /// not at all, and ROLLBACK TO SAVEPOINT is answered ROLLBACK too).
+    pub committed: bool,
     /// See `Batch::state_before_end`.
     pub state_before_end: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
@@ -61,7 +62,7 @@ impl Mark {
             state: None,
             forgotten: Vec::new(),
             began_tx: false,
-            rolled_back: false,
+            committed: false,
             state_before_end: false,
             extended,
             holds_ready: false,

@@ -92,7 +92,7 @@ impl Session {
             {
                 // The last one wins: ROLLBACK TO SAVEPOINT; COMMIT commits.
                 if let Some(mark) = attached.current_mark() {
-                    mark.rolled_back = frame.body() == b"ROLLBACK\0";
+                    mark.committed = frame.body() == b"COMMIT\0";
                 }
             }
             backend_tag::COMMAND_COMPLETE if frame.body().first() == Some(&b'D') => {
@@ -173,7 +173,7 @@ impl Session {
             mark.had_error |= earlier.had_error;
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
-            mark.rolled_back |= earlier.rolled_back;
+            mark.committed |= earlier.committed;
             mark.state_before_end |= earlier.state_before_end;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
@@ -236,8 +236,9 @@ impl Session {
                 self.tx_slot = None;
             }
             self.retry_after_ready(slot, false);
-            // A setting the batch's own ROLLBACK undid is not kept.
-            let undone = mark.rolled_back && mark.state_before_end;
+            // A setting made before its batch ended the transaction block is kept
+            // only if the block committed.
+            let undone = !mark.committed && mark.state_before_end;
             let state = mark.state.clone().filter(|_| !mark.had_error && !undone);
             if mark.ready_hidden {
                 // pgrouter's own Sync: the client never asked for this one.
@@ -248,7 +249,7 @@ impl Session {
             }
             // Settings made in the transaction first: they came before.
             if ends_tx && !self.tx_state.is_empty() {
-                self.end_tx_state(slot, !mark.rolled_back);
+                self.end_tx_state(slot, mark.committed);
             }
             if let Some(sql) = state {
                 self.remember_state(slot, sql);
