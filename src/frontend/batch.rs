@@ -59,7 +59,7 @@ pub(super) enum LocalAnswer {
     /// is outside a transaction (see `listen`).
     Listen(ListenCommand),
     /// A lone `DEALLOCATE` of a protocol-level statement, with its server-side
-    /// name (see `Session::deallocates_locally`).
+    /// name (see `local::deallocated_statement`).
     Deallocate(String),
 }
 
