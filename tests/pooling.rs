@@ -307,6 +307,46 @@ async fn a_batch_that_sets_and_ends_a_transaction_keeps_it_only_on_commit() {
     env.stop().await;
 }
 
+/// COMMIT AND CHAIN commits a block's settings though a block stays open:
+/// the client keeps them, and the connection that carries them is never
+/// handed to another client as if it were clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_commit_keeps_settings_and_never_leaks_them() {
+    let env = common::start_with(small_pools(1)).await;
+    let a = env.client().await;
+    let b = env.client().await;
+    let first = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    };
+    for sql in [
+        "BEGIN",
+        "SET search_path = pg_catalog, a_only",
+        "COMMIT AND CHAIN",
+        "ROLLBACK",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+    }
+    // B's read-write transaction runs on the single primary connection.
+    b.batch_execute("BEGIN").await.unwrap();
+    let b_path = first(b.simple_query("SHOW search_path").await.unwrap());
+    b.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        !b_path.contains("a_only"),
+        "B got A's search_path: {b_path}"
+    );
+    let a_path = first(a.simple_query("SHOW search_path").await.unwrap());
+    assert!(
+        a_path.contains("a_only"),
+        "A lost its committed search_path: {a_path}"
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_answers_53300_after_checkout_timeout() {
     let env = common::start_with(|config| {

@@ -23,10 +23,12 @@ pub(super) struct Mark {
     /// the batch fails (see `Session::restore_statements`).
     pub forgotten: Vec<super::session_log::Forgotten>,
     pub began_tx: bool,
-    /// The server's last COMMIT or ROLLBACK answer was COMMIT (a COMMIT of a
-    /// failed transaction is answered ROLLBACK, one that fails with an error
-    /// not at all, and ROLLBACK TO SAVEPOINT is answered ROLLBACK too).
-    pub committed: bool,
+    /// The server's last answer that ends a transaction block: `Some(true)`
+    /// for COMMIT and PREPARE TRANSACTION (which keeps settings as COMMIT
+    /// does), `Some(false)` for ROLLBACK (also the answer to a COMMIT of a
+    /// failed transaction, and to ROLLBACK TO SAVEPOINT), `None` when none
+    /// came (a COMMIT that failed with an error).
+    pub commit_tag: Option<bool>,
     /// See `Batch::state_before_end`.
     pub state_before_end: bool,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
@@ -62,7 +64,7 @@ impl Mark {
             state: None,
             forgotten: Vec::new(),
             began_tx: false,
-            committed: false,
+            commit_tag: None,
             state_before_end: false,
             extended,
             holds_ready: false,

@@ -161,6 +161,10 @@ impl Batch {
             self.local = Some(LocalAnswer::RefusedHint);
         }
         match decision.session {
+            // A text of several statements that also begins or ends a
+            // transaction block: replayed on other connections it would open
+            // or end blocks there, so the session stays on its own connection.
+            SessionEffect::SetsState if decision.tx != TxEffect::None => self.pins = true,
             SessionEffect::SetsState => {
                 if let Some(Err(err)) = parse_setting(text) {
                     self.local = Some(LocalAnswer::BadSetting(err));

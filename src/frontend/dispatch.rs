@@ -172,6 +172,11 @@ impl Session {
         attached.unsynced_created = created;
         attached.unsynced_duplicates = duplicates;
         let ends_sync = ends_sync || hide_sync;
+        if last_mark.is_none() && batch.state.is_some() {
+            // A setting in a Flush-ended section is not remembered (no mark
+            // to complete it): the connection is not trusted as it is.
+            attached.conn.conn.session_state = super::session_log::UNKNOWN_STATE;
+        }
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
                 mark.state = batch.state;

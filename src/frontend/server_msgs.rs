@@ -88,11 +88,14 @@ impl Session {
                 }
             }
             backend_tag::COMMAND_COMPLETE
-                if matches!(frame.body(), b"ROLLBACK\0" | b"COMMIT\0") =>
+                if matches!(
+                    frame.body(),
+                    b"ROLLBACK\0" | b"COMMIT\0" | b"PREPARE TRANSACTION\0"
+                ) =>
             {
                 // The last one wins: ROLLBACK TO SAVEPOINT; COMMIT commits.
                 if let Some(mark) = attached.current_mark() {
-                    mark.committed = frame.body() == b"COMMIT\0";
+                    mark.commit_tag = Some(frame.body() != b"ROLLBACK\0");
                 }
             }
             backend_tag::COMMAND_COMPLETE if frame.body().first() == Some(&b'D') => {
@@ -173,7 +176,7 @@ impl Session {
             mark.had_error |= earlier.had_error;
             mark.began_tx |= earlier.began_tx;
             mark.state = mark.state.or(earlier.state);
-            mark.committed |= earlier.committed;
+            mark.commit_tag = mark.commit_tag.or(earlier.commit_tag);
             mark.state_before_end |= earlier.state_before_end;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
@@ -238,8 +241,14 @@ impl Session {
             self.retry_after_ready(slot, false);
             // A setting made before its batch ended the transaction block is kept
             // only if the block committed.
-            let undone = !mark.committed && mark.state_before_end;
+            let undone = mark.commit_tag != Some(true) && mark.state_before_end;
             let state = mark.state.clone().filter(|_| !mark.had_error && !undone);
+            if mark.had_error && mark.state.is_some() {
+                // Whether its setting took effect before the error (a COMMIT
+                // between them) is not known: no session takes the
+                // connection as it is.
+                self.distrust_connection(slot);
+            }
             if mark.ready_hidden {
                 // pgrouter's own Sync: the client never asked for this one.
             } else if slot == PRIMARY {
@@ -248,8 +257,16 @@ impl Session {
                 self.out.extend_from_slice(&frame.raw);
             }
             // Settings made in the transaction first: they came before.
-            if ends_tx && !self.tx_state.is_empty() {
-                self.end_tx_state(slot, mark.committed);
+            if !self.tx_state.is_empty() {
+                // COMMIT AND CHAIN commits and stays in a block.
+                let chained_commit = mark.commit_tag == Some(true) && status != tx_status::IDLE;
+                if ends_tx || chained_commit {
+                    self.end_tx_state(slot, mark.commit_tag);
+                } else if mark.commit_tag == Some(false) {
+                    // ROLLBACK TO SAVEPOINT (or AND CHAIN): what it undid is
+                    // not followed, so the block's outcome is not trusted.
+                    self.tx_state_uncertain = true;
+                }
             }
             if let Some(sql) = state {
                 self.remember_state(slot, sql);
@@ -320,6 +337,7 @@ impl Session {
             // The transaction died with the connection, and its settings.
             self.tx_status = tx_status::IDLE;
             self.tx_state.clear();
+            self.tx_state_uncertain = false;
             self.tx_pending = false;
             self.tx_slot = None;
         }

@@ -76,6 +76,9 @@ pub(crate) struct Session {
     /// Session-state statements that completed inside the open transaction
     /// block, and whether a ROLLBACK leaves them (see `end_tx_state`).
     pub(super) tx_state: Vec<(Arc<str>, bool)>,
+    /// A ROLLBACK TO SAVEPOINT (or AND CHAIN) came while `tx_state` held
+    /// settings: what the connection carries after the block is not known.
+    pub(super) tx_state_uncertain: bool,
     pub(super) tx_status: u8,
     /// A BEGIN was sent but its ReadyForQuery has not come back yet.
     pub(super) tx_pending: bool,
@@ -154,6 +157,7 @@ impl Session {
             statements: HashMap::new(),
             session_log: Vec::new(),
             tx_state: Vec::new(),
+            tx_state_uncertain: false,
             tx_status: tx_status::IDLE,
             tx_pending: false,
             tx_slot: None,

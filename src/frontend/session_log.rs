@@ -26,7 +26,7 @@ pub(super) type Forgotten = (String, Arc<Statement>);
 
 /// A connection's `session_state` when what it carries is not known: never a
 /// log's hash (see `next_log_hash`) nor 0 (no state), so its next use cleans it.
-const UNKNOWN_STATE: u64 = u64::MAX;
+pub(super) const UNKNOWN_STATE: u64 = u64::MAX;
 
 impl Session {
     /// Brings the session's state (SETs, SQL PREPAREs, ...) to the connection:
@@ -88,29 +88,43 @@ impl Session {
         }
     }
 
-    /// The transaction block on `slot` ended: the settings made in it are
-    /// remembered if it committed, forgotten if it rolled back (as the server
-    /// did; settings undone by `ROLLBACK TO SAVEPOINT` are not followed). Then
-    /// the connection carries the log, if it had all of it before; else no
-    /// session may take it as it is.
-    pub(super) fn end_tx_state(&mut self, slot: usize, committed: bool) {
+    /// The transaction block on `slot` ended (`commit_tag`: see
+    /// `Mark::commit_tag`): the settings made in it are remembered if it
+    /// committed, forgotten otherwise. Then the connection carries the log if
+    /// it had all of it before and the outcome is known for sure (a COMMIT or
+    /// ROLLBACK answer, no ROLLBACK TO SAVEPOINT in between); else no session
+    /// may take it as it is.
+    pub(super) fn end_tx_state(&mut self, slot: usize, commit_tag: Option<bool>) {
         let made = std::mem::take(&mut self.tx_state);
+        let uncertain = std::mem::take(&mut self.tx_state_uncertain) || commit_tag.is_none();
         let had_all = self.servers[slot]
             .as_ref()
             .is_some_and(|a| a.applied == self.session_log.len());
         for (sql, survives) in made {
-            if committed || survives {
+            if commit_tag == Some(true) || survives {
                 self.log_state(slot, sql);
             }
         }
         let log_len = self.session_log.len();
         if let Some(attached) = self.servers[slot].as_mut() {
-            attached.conn.conn.session_state = if had_all {
+            if had_all {
+                // Nothing to replay on it for this session.
                 attached.applied = log_len;
+            }
+            attached.conn.conn.session_state = if had_all && !uncertain {
                 self.log_hash
             } else {
                 UNKNOWN_STATE
             };
+        }
+    }
+
+    /// What the connection on `slot` carries is not known for sure: no session
+    /// (this one included, once it gets it back from the pool) takes it as it
+    /// is. Its `applied` stays, so nothing is replayed in an open block.
+    pub(super) fn distrust_connection(&mut self, slot: usize) {
+        if let Some(attached) = self.servers[slot].as_mut() {
+            attached.conn.conn.session_state = UNKNOWN_STATE;
         }
     }
 
