@@ -347,6 +347,48 @@ async fn a_chained_commit_keeps_settings_and_never_leaks_them() {
     env.stop().await;
 }
 
+/// A setting made in a section ended by Flush inside a transaction block is
+/// not remembered (it has no Sync of its own), so the connection carrying it
+/// is cleaned before another client gets it, and stays so whatever the
+/// session does next on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_before_a_flush_never_reaches_another_client() {
+    use common::raw::*;
+    let env = trust_env_with(small_pools(1)).await;
+    let (mut a, _) = raw_login(env.addr).await;
+    let (mut b, _) = raw_login(env.addr).await;
+    raw_query(&mut b, "SET work_mem = '2MB'").await;
+    raw_query(&mut a, "BEGIN").await;
+    let set = "SET search_path = pg_catalog, a_only";
+    send(
+        &mut a,
+        &concat(&[parse("", set), bind("", ""), execute(""), flush()]),
+    )
+    .await;
+    for expected in [b'1', b'2', b'C'] {
+        match read_message(&mut a, WAIT).await {
+            Incoming::Msg(tag, _) => assert_eq!(tag, expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    send(&mut a, &sync()).await;
+    until_ready(&mut a, WAIT, "Sync").await;
+    for sql in ["SELECT 1", "SET work_mem = '2MB'", "COMMIT"] {
+        let answer = raw_query(&mut a, sql).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{sql}");
+    }
+    // B, with the same remembered settings as A, gets the single primary
+    // connection for its read-write transaction.
+    raw_query(&mut b, "BEGIN").await;
+    let path = first_value(&raw_query(&mut b, "SHOW search_path").await);
+    raw_query(&mut b, "COMMIT").await;
+    assert!(
+        !path.unwrap_or_default().contains("a_only"),
+        "B got A's search_path"
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_answers_53300_after_checkout_timeout() {
     let env = common::start_with(|config| {

@@ -36,6 +36,13 @@ impl Session {
     /// (transaction pooling). One query per statement, because some (DISCARD
     /// ALL) refuse to run inside a multi-statement query.
     pub(super) fn replay_session_state(&mut self, slot: usize) {
+        // Never inside a transaction block or a section before its Sync: a
+        // DISCARD ALL would fail there and abort the client's transaction.
+        // The connection is brought up to date after the block.
+        let in_block = self.tx_status != tx_status::IDLE || self.tx_pending;
+        if in_block || self.open == Some(slot) {
+            return;
+        }
         let log_len = self.session_log.len();
         let log_hash = self.log_hash;
         let Some(attached) = self.servers[slot].as_mut() else {
@@ -50,6 +57,8 @@ impl Session {
             if state != 0 {
                 send_internal(attached, "DISCARD ALL");
                 attached.conn.conn.prepared.clear();
+                // Clean now: a distrusted connection is trusted again.
+                attached.conn.conn.session_state = 0;
             }
         }
         for sql in &self.session_log[attached.applied..] {
@@ -59,7 +68,7 @@ impl Session {
             }
         }
         attached.applied = log_len;
-        attached.conn.conn.session_state = log_hash;
+        stamp(&mut attached.conn.conn.session_state, log_hash);
     }
 
     /// Remembers a session-state statement that completed on `slot`. One that
@@ -111,11 +120,12 @@ impl Session {
                 // Nothing to replay on it for this session.
                 attached.applied = log_len;
             }
-            attached.conn.conn.session_state = if had_all && !uncertain {
+            let state = if had_all && !uncertain {
                 self.log_hash
             } else {
                 UNKNOWN_STATE
             };
+            stamp(&mut attached.conn.conn.session_state, state);
         }
     }
 
@@ -151,7 +161,7 @@ impl Session {
         if up_to_date {
             if let Some(attached) = self.servers[slot].as_mut() {
                 attached.applied = self.session_log.len();
-                attached.conn.conn.session_state = self.log_hash;
+                stamp(&mut attached.conn.conn.session_state, self.log_hash);
             }
         }
     }
@@ -182,7 +192,7 @@ impl Session {
             };
             if index == slot && attached.applied == old_len {
                 attached.applied = self.session_log.len();
-                attached.conn.conn.session_state = self.log_hash;
+                stamp(&mut attached.conn.conn.session_state, self.log_hash);
             } else if ends_with_new && attached.applied == old_len {
                 attached.applied = self.session_log.len() - 1;
             } else {
@@ -251,6 +261,15 @@ impl Session {
                 close_statement(attached, server_name);
             }
         }
+    }
+}
+
+/// Records that a connection carries the log hashing to `hash`, unless it is
+/// distrusted (`UNKNOWN_STATE`): that sticks until a DISCARD ALL cleans it
+/// (`replay_session_state`) or it is reset on release.
+fn stamp(session_state: &mut u64, hash: u64) {
+    if *session_state != UNKNOWN_STATE {
+        *session_state = hash;
     }
 }
 
