@@ -36,18 +36,23 @@ impl Session {
     /// (transaction pooling). One query per statement, because some (DISCARD
     /// ALL) refuse to run inside a multi-statement query.
     pub(super) fn replay_session_state(&mut self, slot: usize) {
-        // Never inside a transaction block or a section before its Sync: a
-        // DISCARD ALL would fail there and abort the client's transaction.
-        // The connection is brought up to date after the block.
         let in_block = self.tx_status != tx_status::IDLE || self.tx_pending;
-        if in_block || self.open == Some(slot) {
-            return;
-        }
+        let open_here = self.open == Some(slot);
         let log_len = self.session_log.len();
         let log_hash = self.log_hash;
         let Some(attached) = self.servers[slot].as_mut() else {
             return;
         };
+        // Never on a connection running the client's transaction block or a
+        // section before its Sync: a DISCARD ALL would fail there and abort
+        // the block. It is brought up to date after the block. A connection
+        // newly attached in a block (another replica for a READ ONLY one) is
+        // idle and gets its replay.
+        let runs_block = in_block
+            && (attached.conn.conn.tx_status != tx_status::IDLE || !attached.marks.is_empty());
+        if runs_block || open_here {
+            return;
+        }
         if attached.applied == 0 {
             let state = attached.conn.conn.session_state;
             if state == log_hash {
