@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 use pgrouter::config::{Config, PoolMode};
 use tokio_postgres::error::SqlState;
 
+/// The first column of the first row of a simple query's answer, as text.
+fn first_text(rows: Vec<tokio_postgres::SimpleQueryMessage>) -> String {
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
 fn small_pools(size: usize) -> impl FnOnce(&mut Config) {
     move |config: &mut Config| {
         config.pool.mode = PoolMode::Transaction;
@@ -177,20 +187,12 @@ async fn settings_and_sql_prepare_follow_the_client() {
         .await
         .unwrap();
     for _ in 0..10 {
-        let name = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
-            rows.into_iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .unwrap()
-        };
         // B runs on the same single server connection per node in between.
-        let b_name = name(b.simple_query("SHOW application_name").await.unwrap());
+        let b_name = first_text(b.simple_query("SHOW application_name").await.unwrap());
         assert_ne!(b_name, "client_a", "B must not see A's settings");
-        let a_name = name(a.simple_query("SHOW application_name").await.unwrap());
+        let a_name = first_text(a.simple_query("SHOW application_name").await.unwrap());
         assert_eq!(a_name, "client_a");
-        let answer = name(a.simple_query("EXECUTE answer").await.unwrap());
+        let answer = first_text(a.simple_query("EXECUTE answer").await.unwrap());
         assert_eq!(answer, "42");
         let err = b.simple_query("EXECUTE answer").await.unwrap_err();
         assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
@@ -210,14 +212,6 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
     let env = common::start_with(small_pools(1)).await;
     let a = env.client().await;
     let b = env.client().await;
-    let first = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
-        rows.into_iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .unwrap()
-    };
     a.batch_execute("SET work_mem = '1MB'").await.unwrap();
     for n in 0..300 {
         a.batch_execute(&format!("SET application_name = 'a{n}'"))
@@ -228,17 +222,17 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
             .unwrap();
         if n % 50 == 0 {
             // B takes the single connection per node in between.
-            let b_name = first(b.simple_query("SHOW application_name").await.unwrap());
+            let b_name = first_text(b.simple_query("SHOW application_name").await.unwrap());
             assert!(!b_name.starts_with('a'), "B sees A's {b_name}");
         }
     }
     a.batch_execute("RESET work_mem").await.unwrap();
-    let replica = first(a.simple_query("SELECT pg_is_in_recovery()").await.unwrap());
+    let replica = first_text(a.simple_query("SELECT pg_is_in_recovery()").await.unwrap());
     assert_eq!(replica, "t", "A reads from a replica: it is not pinned");
     let sql = "SELECT current_setting('application_name') || ' ' || \
         current_setting('statement_timeout') || ' ' || current_setting('work_mem')";
     for client in [&b, &a, &b, &a] {
-        let seen = first(client.simple_query(sql).await.unwrap());
+        let seen = first_text(client.simple_query(sql).await.unwrap());
         if std::ptr::eq(client, &a) {
             assert_eq!(seen, "a299 1299ms 4MB");
         } else {
@@ -254,7 +248,7 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
             .unwrap();
         a.batch_execute(end).await.unwrap();
         for client in [&b, &a, &b, &a] {
-            let seen = first(client.simple_query("SHOW application_name").await.unwrap());
+            let seen = first_text(client.simple_query("SHOW application_name").await.unwrap());
             if std::ptr::eq(client, &a) {
                 assert_eq!(seen, expected, "after {end}");
             } else {
@@ -274,7 +268,7 @@ async fn a_client_that_keeps_changing_settings_is_not_pinned() {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
-    let seen = first(c.simple_query("SHOW statement_timeout").await.unwrap());
+    let seen = first_text(c.simple_query("SHOW statement_timeout").await.unwrap());
     assert_eq!(seen, "5s");
     env.stop().await;
 }
@@ -315,14 +309,6 @@ async fn a_chained_commit_keeps_settings_and_never_leaks_them() {
     let env = common::start_with(small_pools(1)).await;
     let a = env.client().await;
     let b = env.client().await;
-    let first = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
-        rows.into_iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .unwrap()
-    };
     for sql in [
         "BEGIN",
         "SET search_path = pg_catalog, a_only",
@@ -333,13 +319,13 @@ async fn a_chained_commit_keeps_settings_and_never_leaks_them() {
     }
     // B's read-write transaction runs on the single primary connection.
     b.batch_execute("BEGIN").await.unwrap();
-    let b_path = first(b.simple_query("SHOW search_path").await.unwrap());
+    let b_path = first_text(b.simple_query("SHOW search_path").await.unwrap());
     b.batch_execute("COMMIT").await.unwrap();
     assert!(
         !b_path.contains("a_only"),
         "B got A's search_path: {b_path}"
     );
-    let a_path = first(a.simple_query("SHOW search_path").await.unwrap());
+    let a_path = first_text(a.simple_query("SHOW search_path").await.unwrap());
     assert!(
         a_path.contains("a_only"),
         "A lost its committed search_path: {a_path}"
