@@ -101,8 +101,14 @@ pub fn literal_key(sql: &str, out: &mut Vec<u8>) -> bool {
             }
             b'?' | b'\\' => return false,
             _ => {
-                out.push(b);
-                i + 1
+                // Copy the whole run of bytes no arm above looks at in one go
+                // (at least this byte): the scan runs on every read's text.
+                let run = bytes[i + 1..]
+                    .iter()
+                    .position(|&c| starts_token(c))
+                    .map_or(bytes.len(), |p| i + 1 + p);
+                out.extend_from_slice(&bytes[i..run]);
+                run
             }
         };
     }
@@ -138,6 +144,26 @@ fn copy_leading_comments(bytes: &[u8], out: &mut Vec<u8>) -> usize {
 fn starts_with_select(rest: &[u8]) -> bool {
     rest.len() > 6 && rest[..6].eq_ignore_ascii_case(b"select") && !is_word_byte(rest[6])
 }
+
+/// A byte one of the arms of `literal_key` may act on: runs without one are
+/// copied as they are.
+fn starts_token(c: u8) -> bool {
+    TOKEN_START[c as usize]
+}
+
+/// `starts_token` as a table: one load a byte on the scan's busiest loop.
+const TOKEN_START: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = matches!(
+            c as u8,
+            b'\'' | b'"' | b'-' | b'/' | b'0'..=b'9' | b'.' | b'$' | b';' | b'?' | b'\\'
+        );
+        c += 1;
+    }
+    table
+};
 
 /// Letters, digits, `_`, `$` and any byte of a multi-byte UTF-8 character.
 fn is_word_byte(c: u8) -> bool {
@@ -216,6 +242,11 @@ mod tests {
         assert_eq!(
             k("/* pgrouter: after_lsn=0/16B3748 */ SELECT \"a'1\" FROM t -- 'x' 3\nWHERE id = 7"),
             "/* pgrouter: after_lsn=0/16B3748 */ SELECT \"a'1\" FROM t -- 'x' 3\nWHERE id = ?"
+        );
+        // A `-` or `/` that starts no comment is copied like any other byte.
+        assert_eq!(
+            k("SELECT a-1, b/2, é3 FROM t WHERE c = -4"),
+            "SELECT a-?, b/?, é3 FROM t WHERE c = -?"
         );
         // Parameters, digits inside names and casts are kept.
         assert_eq!(
