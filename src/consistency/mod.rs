@@ -160,10 +160,12 @@ pub fn read_need(
         ConsistencyMode::Causal => session.last_write_lsn,
         ConsistencyMode::Pin | ConsistencyMode::None => None,
     };
-    let min_lsn = [own, session.read_after_lsn, hints.after_lsn, key_lsn]
-        .into_iter()
-        .flatten()
-        .max();
+    // `None` orders below every `Some`: the highest floor, or none. (An
+    // iterator chain over the four compiled to ~900 instructions a read.)
+    let min_lsn = own
+        .max(session.read_after_lsn)
+        .max(hints.after_lsn)
+        .max(key_lsn);
     ReadNeed {
         primary: None,
         min_lsn,

@@ -105,6 +105,13 @@ pub fn from_startup_options(options: &str) -> Result<Vec<Setting>, SettingError>
 /// Whether the text is `SHOW pgrouter.last_write_lsn`.
 pub fn is_show_last_write_lsn(sql: &str) -> bool {
     let text = statement_text(sql);
+    // Every read's short text comes here: reject on the first word cheaply.
+    if !text
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("show"))
+    {
+        return false;
+    }
     let mut words = text.split_whitespace();
     matches!(
         (words.next(), words.next(), words.next()),
