@@ -253,7 +253,11 @@ async fn forward_cancel(shared: &Shared, key: (i32, i32)) {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
-    let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let target = slot
+        .cancel
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let Some(target) = target else {
         tracing::debug!("cancel request for an idle session ignored");
         return;
