@@ -61,13 +61,15 @@ struct Slot {
     /// Where its connections go (the key's host and port, the node's name).
     addr: NodeAddr,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection moves through the pool, the session and back on
+    /// every transaction, so it moves as a pointer, not ~300 bytes.
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// Set by the first checkout; read without a lock on every later one.
     template: OnceLock<Template>,
 }
 
 impl Slot {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<ServerConn>>> {
         // A poisoned lock only means another task panicked mid-push; the list is still usable.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,7 +139,7 @@ pub struct Pools {
 /// A checked-out server connection. Dropping it closes the connection and frees
 /// its place; [`PooledConn::release`] returns it for reuse instead.
 pub struct PooledConn {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     permit: OwnedSemaphorePermit,
     slot: Arc<Slot>,
 }
@@ -223,7 +225,11 @@ impl Pools {
         )
         .await?;
         let slot = slot.clone();
-        Ok(PooledConn { conn, permit, slot })
+        Ok(PooledConn {
+            conn: Box::new(conn),
+            permit,
+            slot,
+        })
     }
 
     /// Closes every idle connection (shutdown, or after a node went away).
@@ -259,7 +265,7 @@ impl Pools {
 }
 
 /// The newest idle connection that is not past its limits (older ones are closed).
-fn take_idle(slot: &Slot, settings: &PoolSettings, now: Instant) -> Option<ServerConn> {
+fn take_idle(slot: &Slot, settings: &PoolSettings, now: Instant) -> Option<Box<ServerConn>> {
     let mut idle = slot.idle();
     while let Some(conn) = idle.pop() {
         let expired = now.saturating_duration_since(conn.created) >= settings.max_lifetime
@@ -273,10 +279,10 @@ fn take_idle(slot: &Slot, settings: &PoolSettings, now: Instant) -> Option<Serve
 
 /// A connection idle for long is asked an empty query before reuse.
 async fn healthy(
-    mut conn: ServerConn,
+    mut conn: Box<ServerConn>,
     settings: &PoolSettings,
     now: Instant,
-) -> Option<ServerConn> {
+) -> Option<Box<ServerConn>> {
     if now.saturating_duration_since(conn.last_used) < settings.health_check_after {
         return Some(conn);
     }
@@ -297,7 +303,7 @@ fn expire_idle(slot: &Slot, settings: &PoolSettings) {
     let keep_at_least = settings.min_idle;
     let mut kept = 0;
     // Newest last: walk from the newest so the freshest survive.
-    let mut survivors: Vec<ServerConn> = Vec::with_capacity(idle.len());
+    let mut survivors: Vec<Box<ServerConn>> = Vec::with_capacity(idle.len());
     while let Some(conn) = idle.pop() {
         let too_old = conn.created.elapsed() >= settings.max_lifetime;
         let unused = conn.last_used.elapsed() >= settings.idle_timeout;
@@ -333,7 +339,7 @@ async fn top_up(slot: &Arc<Slot>, template: &Template, settings: &PoolSettings) 
         )
         .await;
         match connected {
-            Ok(conn) => slot.idle().push(conn),
+            Ok(conn) => slot.idle().push(Box::new(conn)),
             Err(err) => {
                 tracing::debug!(%err, "could not open a min_idle server connection");
                 return;
@@ -389,7 +395,7 @@ impl PooledConn {
 }
 
 /// Puts a clean connection on its pool's idle list.
-fn keep_idle(slot: &Slot, mut conn: ServerConn) {
+fn keep_idle(slot: &Slot, mut conn: Box<ServerConn>) {
     conn.last_used = Instant::now();
     slot.idle().push(conn);
 }
