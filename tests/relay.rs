@@ -326,3 +326,33 @@ async fn md5_client_authentication() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_router_ends_every_session_with_57p01() {
+    let mut env = common::start().await;
+    // An idle session, and one waiting for a long query on a replica.
+    let (idle, idle_connection) = tokio_postgres::connect(&env.dsn(), NoTls).await.unwrap();
+    let idle_ended = tokio::spawn(idle_connection);
+    idle.simple_query("SELECT 1").await.unwrap();
+    let busy = env.client().await;
+    let sleeping = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(60)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    env.stop_router().await;
+    let idle_end = tokio::time::timeout(Duration::from_secs(10), idle_ended)
+        .await
+        .expect("the idle session ends")
+        .unwrap();
+    let err = idle_end.expect_err("the idle session is told why it ends");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the busy session does not wait for its query")
+        .unwrap()
+        .expect_err("the running query ends with the session");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(idle);
+    env.stop().await;
+}

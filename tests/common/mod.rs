@@ -146,6 +146,12 @@ impl TestEnv {
 
     /// Stops the router and the cluster.
     pub async fn stop(mut self) {
+        self.stop_router().await;
+    }
+
+    /// Stops the router (as a shutdown signal would) and waits for `serve`
+    /// to return; the cluster keeps running.
+    pub async fn stop_router(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
