@@ -185,12 +185,16 @@ impl Pools {
         settings: PoolSettings,
     ) -> Result<PooledConn, PoolError> {
         let (slot, addr) = (&pool.slot, &pool.slot.addr);
+        // The waits below (for a place, a health check, a new connection) are
+        // boxed: a session boxes the future that checks out on every
+        // transaction, so their states would otherwise be allocated and
+        // copied each time (a connect alone is ~1 KB), used or not.
         let permit = match slot.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => tokio::time::timeout(
+            Err(_) => Box::pin(tokio::time::timeout(
                 settings.checkout_timeout,
                 slot.permits.clone().acquire_owned(),
-            )
+            ))
             .await
             .ok()
             .and_then(Result::ok)
@@ -207,7 +211,13 @@ impl Pools {
         // after a failed health check (which may have waited).
         let mut now = Instant::now();
         while let Some(conn) = take_idle(slot, &settings, now) {
-            match healthy(conn, &settings, now).await {
+            let checked =
+                if now.saturating_duration_since(conn.last_used) < settings.health_check_after {
+                    Some(conn)
+                } else {
+                    Box::pin(healthy(conn, &settings)).await
+                };
+            match checked {
                 Some(conn) => {
                     let slot = slot.clone();
                     return Ok(PooledConn { conn, permit, slot });
@@ -215,14 +225,14 @@ impl Pools {
                 None => now = Instant::now(),
             }
         }
-        let conn = ServerConn::connect(
+        let conn = Box::pin(ServerConn::connect(
             slot.node,
             &addr.host,
             addr.port,
             login,
             settings.connect_timeout,
             settings.max_message,
-        )
+        ))
         .await?;
         let slot = slot.clone();
         Ok(PooledConn {
@@ -277,15 +287,9 @@ fn take_idle(slot: &Slot, settings: &PoolSettings, now: Instant) -> Option<Box<S
     None
 }
 
-/// A connection idle for long is asked an empty query before reuse.
-async fn healthy(
-    mut conn: Box<ServerConn>,
-    settings: &PoolSettings,
-    now: Instant,
-) -> Option<Box<ServerConn>> {
-    if now.saturating_duration_since(conn.last_used) < settings.health_check_after {
-        return Some(conn);
-    }
+/// A connection idle for long (`health_check_after`) is asked an empty query
+/// before reuse.
+async fn healthy(mut conn: Box<ServerConn>, settings: &PoolSettings) -> Option<Box<ServerConn>> {
     match tokio::time::timeout(settings.connect_timeout, conn.run_quiet("")).await {
         Ok(Ok(())) => Some(conn),
         _ => {
