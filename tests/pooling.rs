@@ -469,3 +469,39 @@ async fn pgbench_prepared_with_more_clients_than_connections() {
     assert!(summary.transactions > 20, "{}", out.stdout);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_died_while_idle_is_replaced_before_reuse() {
+    let env = common::start_with(|config| {
+        small_pools(1)(config);
+        config.pool.health_check_after = Duration::from_millis(200);
+    })
+    .await;
+    let client = env.client().await;
+    let first = primary_pid(&client).await;
+    let killed = env
+        .primary_direct()
+        .await
+        .query_one(&format!("SELECT pg_terminate_backend({first})"), &[])
+        .await
+        .unwrap();
+    assert!(
+        killed.get::<_, bool>(0),
+        "the pooled backend was terminated"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = primary_pid(&client).await;
+    assert_ne!(first, second, "a new server connection serves the client");
+    env.stop().await;
+}
+
+/// The primary backend that runs a read-write transaction; its connection then
+/// waits, idle, in the primary's pool.
+async fn primary_pid(client: &tokio_postgres::Client) -> String {
+    first_text(
+        client
+            .simple_query("BEGIN; SELECT pg_backend_pid(); COMMIT")
+            .await
+            .expect("the transaction runs"),
+    )
+}
