@@ -63,12 +63,17 @@ struct Slot {
     permits: Arc<Semaphore>,
     /// Boxed: a connection moves through the pool, the session and back on
     /// every transaction, so it moves as a pointer, not ~300 bytes.
+    #[allow(
+        clippy::vec_box,
+        reason = "boxed to move cheaply, not to be on the heap"
+    )]
     idle: Mutex<Vec<Box<ServerConn>>>,
     /// Set by the first checkout; read without a lock on every later one.
     template: OnceLock<Template>,
 }
 
 impl Slot {
+    #[allow(clippy::vec_box, reason = "see `Slot::idle`")]
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<ServerConn>>> {
         // A poisoned lock only means another task panicked mid-push; the list is still usable.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
