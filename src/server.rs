@@ -334,6 +334,9 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         let shared = self.shared;
+        // However `serve` ends (returns, or its future is dropped), sessions
+        // are told to stop; they do not outlive their router.
+        let _stop_sessions = StopSessionsOnDrop(shared.clone());
         // Order: the first measurement lands before the first client is accepted, so
         // early reads can already go to replicas instead of all falling back.
         let mut monitor_state = monitor::poll::MonitorState::default();
@@ -390,6 +393,15 @@ impl Router {
         shared.pools.clear_idle();
         tracing::info!("router stopped");
         result
+    }
+}
+
+/// Tells every session to stop when dropped (see `Router::serve`).
+struct StopSessionsOnDrop(Arc<Shared>);
+
+impl Drop for StopSessionsOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_sessions();
     }
 }
 

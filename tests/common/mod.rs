@@ -149,8 +149,17 @@ impl TestEnv {
         self.stop_router().await;
     }
 
+    /// Drops the router's `serve` future without a shutdown signal (as when
+    /// its task is aborted); the cluster keeps running.
+    pub async fn abort_router(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Stops the router (as a shutdown signal would) and waits for `serve`
-    /// to return; the cluster keeps running.
+    /// to return (10 s at most); the cluster keeps running.
     pub async fn stop_router(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
