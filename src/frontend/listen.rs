@@ -171,13 +171,20 @@ impl Session {
     }
 
     /// Keeps a notification until the client is idle.
-    pub(super) fn queue_notification(&mut self, frame: Bytes) {
-        if let Some(listens) = self.listens.as_mut() {
+    /// Queues `frame` and every notification already in the inbox, so a burst
+    /// takes one turn of the session's loop, not one turn each.
+    pub(super) fn queue_notifications(&mut self, frame: Bytes) {
+        let Some(listens) = self.listens.as_mut() else {
+            return;
+        };
+        let mut next = Some(frame);
+        while let Some(frame) = next {
             if listens.pending.len() >= MAX_PENDING {
                 listens.pending.pop_front();
                 tracing::warn!("a client does not go idle; dropped its oldest notification");
             }
             listens.pending.push_back(frame);
+            next = listens.inbox.try_recv().ok();
         }
     }
 

@@ -262,7 +262,7 @@ impl Session {
                 Event::Server(slot, Err(err)) => self.server_lost(slot, &err),
                 Event::Notification(frame) => {
                     if let Some(frame) = frame {
-                        self.queue_notification(frame);
+                        self.queue_notifications(frame);
                     }
                 }
                 Event::Shutdown => {
@@ -281,16 +281,18 @@ impl Session {
     async fn wait(&mut self) -> Event {
         let [primary, replica] = &mut self.servers;
         let client_blocked = !self.ready.is_empty();
-        // Biased, in this order: a stop first; server answers before new
-        // client input, so a client that keeps sending cannot hold back the
-        // answers it waits for. (Unbiased, select draws a random number per turn.)
+        // Biased, in this order (unbiased, select draws a random number per
+        // turn): a stop first; server answers before new client input, so a
+        // client that keeps sending cannot hold back the answers it waits for;
+        // notifications last, so a flood of them cannot hold back the client
+        // (they reach it only when it is idle anyway, and a turn takes them all).
         tokio::select! {
             biased;
             _ = self.shared.stopped(&self.cancel_slot) => Event::Shutdown,
             read = fill(primary) => Event::Server(PRIMARY, read),
             read = fill(replica) => Event::Server(REPLICA, read),
-            frame = super::listen::next_notification(&mut self.listens) => Event::Notification(frame),
             read = self.client_in.fill(), if !client_blocked => Event::Client(read),
+            frame = super::listen::next_notification(&mut self.listens) => Event::Notification(frame),
         }
     }
 
