@@ -336,7 +336,7 @@ async fn stopping_the_router_ends_every_session_with_57p01() {
     idle.simple_query("SELECT 1").await.unwrap();
     let busy = env.client().await;
     let sleeping = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(60)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until_running(&env, "SELECT pg_sleep(60)").await;
 
     let started = Instant::now();
     env.stop_router().await;
@@ -355,4 +355,49 @@ async fn stopping_the_router_ends_every_session_with_57p01() {
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(idle);
     env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_do_not_outlive_an_aborted_router() {
+    let mut env = common::start().await;
+    let (client, connection) = tokio_postgres::connect(&env.dsn(), NoTls).await.unwrap();
+    let ended = tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.unwrap();
+
+    env.abort_router().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the session ends with its router")
+        .unwrap();
+    let err = end.expect_err("the session is told why it ends");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    drop(client);
+    env.stop().await;
+}
+
+/// Waits until some node runs `sql` (a read: on a replica, or the primary).
+async fn wait_until_running(env: &common::TestEnv, sql: &str) {
+    let cluster = &env.cluster;
+    let nodes: Vec<_> = std::iter::once(cluster.primary())
+        .chain(cluster.replicas().iter())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for node in &nodes {
+            let direct = cluster.connect(node).await.unwrap();
+            let running: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                    &[&sql],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if running > 0 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{sql} never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
