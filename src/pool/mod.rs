@@ -364,7 +364,9 @@ impl PooledConn {
     pub async fn release(self, how: Release) {
         match how {
             Release::AsIs => self.release_as_is(),
-            Release::Reset => self.release_after_reset().await,
+            // Boxed: its state (~1 KB) would otherwise sit in every future
+            // that may release a connection, checkouts included.
+            Release::Reset => Box::pin(self.release_after_reset()).await,
         }
     }
 
