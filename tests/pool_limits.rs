@@ -1,13 +1,17 @@
 //! Pool limits against the real cluster, seen from the primary's own
 //! `pg_stat_activity`: connections opened ahead of need (`min_idle`), closed
 //! after sitting idle (`idle_timeout`) and replaced when old (`max_lifetime`),
-//! never more than `pool_size`.
+//! never more than `pool_size`; waiting clients served first come, first
+//! served; a user's own `pool_mode`; sessions pinned by what lives on one
+//! server session (cursors WITH HOLD, advisory locks).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{first_text, primary_pid, router_backends};
 use pgrouter::config::{Config, PoolMode};
+use tokio_postgres::error::SqlState;
 
 fn pools(size: usize, tweak: impl FnOnce(&mut Config)) -> impl FnOnce(&mut Config) {
     move |config: &mut Config| {
@@ -17,46 +21,17 @@ fn pools(size: usize, tweak: impl FnOnce(&mut Config)) -> impl FnOnce(&mut Confi
     }
 }
 
-/// Server connections pgrouter's pools hold on the primary (the monitor's own
-/// connection and the test's direct one excluded).
-async fn primary_backends(env: &common::TestEnv) -> i64 {
-    env.primary_direct()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-             AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> 'pgrouter_monitor'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Polls the primary until `done` holds for its count of pgrouter's
 /// connections, or `within` passes; returns the last count.
 async fn backends_once(env: &common::TestEnv, done: impl Fn(i64) -> bool, within: Duration) -> i64 {
     let deadline = Instant::now() + within;
     loop {
-        let count = primary_backends(env).await;
+        let count = router_backends(env).await;
         if done(count) || Instant::now() > deadline {
             return count;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The primary backend that runs a read-write transaction.
-async fn primary_pid(client: &tokio_postgres::Client) -> String {
-    let rows = client
-        .simple_query("BEGIN; SELECT pg_backend_pid(); COMMIT")
-        .await
-        .expect("the transaction runs");
-    rows.into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +60,7 @@ async fn min_idle_connections_are_opened_ahead_of_need() {
         .collect();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(
-        primary_backends(&env).await <= 4,
+        router_backends(&env).await <= 4,
         "pool_size bounds the pool"
     );
     for task in tasks {
@@ -102,7 +77,7 @@ async fn idle_connections_close_after_idle_timeout() {
     .await;
     let client = env.client().await;
     let first = primary_pid(&client).await;
-    assert!(primary_backends(&env).await >= 1);
+    assert!(router_backends(&env).await >= 1);
     let left = backends_once(&env, |n| n == 0, Duration::from_secs(10)).await;
     assert_eq!(left, 0, "idle connections are closed after idle_timeout");
     // The client, idle all along, gets a new connection.
@@ -132,4 +107,134 @@ async fn a_connection_in_constant_use_is_replaced_after_max_lifetime() {
     assert!(replaced, "the connection was replaced after max_lifetime");
     assert!(started.elapsed() >= Duration::from_millis(800));
     env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_for_a_connection_are_served_in_arrival_order() {
+    let env = common::start_with(pools(1, |c| {
+        c.pool.checkout_timeout = Duration::from_secs(20);
+    }))
+    .await;
+    let holder = env.client().await;
+    holder
+        .batch_execute("CREATE TABLE arrivals (seq serial, waiter int)")
+        .await
+        .unwrap();
+    // Logged in before the one primary connection is taken.
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        waiters.push(env.client().await);
+    }
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut tasks = Vec::new();
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            waiter
+                .execute("INSERT INTO arrivals (waiter) VALUES ($1)", &[&(i as i32)])
+                .await
+                .unwrap();
+        }));
+        // Each is queued before the next one asks.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order: Vec<i32> = holder
+        .query("SELECT waiter FROM arrivals ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4], "first come, first served");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_pool_mode_overrides_the_default() {
+    // Session pooling for this user: a connected client keeps its primary
+    // connection, so with one in the pool a second client cannot log in.
+    let env = common::start_with(pools(1, |c| {
+        c.pool.checkout_timeout = Duration::from_millis(500);
+        c.users[0].pool_mode = Some(PoolMode::Session);
+    }))
+    .await;
+    let first = env.client().await;
+    first.batch_execute("SELECT 1").await.unwrap();
+    let err = tokio_postgres::connect(&env.dsn(), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no connection left for a second session");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    drop(first);
+    env.stop().await;
+
+    // Transaction pooling for this user under a session-pooling default: two
+    // clients share the one connection.
+    let env = common::start_with(|c| {
+        c.pool.mode = PoolMode::Session;
+        c.pool.pool_size = 1;
+        c.pool.checkout_timeout = Duration::from_millis(500);
+        c.users[0].pool_mode = Some(PoolMode::Transaction);
+    })
+    .await;
+    let first = env.client().await;
+    let second = env.client().await;
+    for client in [&first, &second, &first] {
+        client
+            .batch_execute("BEGIN; SELECT 1; COMMIT")
+            .await
+            .unwrap();
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_with_hold_and_advisory_locks_pin_the_session() {
+    // One pinned client each, so neither pin hides the other; room in the
+    // pool for a third client besides them.
+    let env = common::start_with(pools(3, |_| {})).await;
+    let with_cursor = env.client().await;
+    let with_lock = env.client().await;
+    let other = env.client().await;
+    with_cursor
+        .batch_execute("DECLARE kept CURSOR WITH HOLD FOR SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    with_lock
+        .batch_execute("SELECT pg_advisory_lock(42)")
+        .await
+        .unwrap();
+    // The other client keeps the pool's connections busy in between.
+    for _ in 0..10 {
+        other
+            .batch_execute("BEGIN; SELECT 1; COMMIT")
+            .await
+            .unwrap();
+        other.batch_execute("SELECT 1").await.unwrap();
+    }
+    let fetched = with_cursor.simple_query("FETCH 5 FROM kept").await.unwrap();
+    let rows = fetched
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 5, "the cursor is still there");
+    assert_eq!(
+        first_value(&other, "SELECT pg_try_advisory_lock(42)::text").await,
+        "false",
+        "the lock is still held"
+    );
+    assert_eq!(
+        first_value(&with_lock, "SELECT pg_advisory_unlock(42)::text").await,
+        "true",
+        "by the session that took it"
+    );
+    env.stop().await;
+}
+
+/// The first column of the first row of `sql`'s answer, as text.
+async fn first_value(client: &tokio_postgres::Client, sql: &str) -> String {
+    first_text(client.simple_query(sql).await.unwrap())
 }

@@ -6,39 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{first_text, primary_pid, router_backends};
 use pgrouter::config::{Config, PoolMode};
 use tokio_postgres::error::SqlState;
-
-/// The first column of the first row of a simple query's answer, as text.
-fn first_text(rows: Vec<tokio_postgres::SimpleQueryMessage>) -> String {
-    rows.into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap()
-}
 
 fn small_pools(size: usize) -> impl FnOnce(&mut Config) {
     move |config: &mut Config| {
         config.pool.mode = PoolMode::Transaction;
         config.pool.pool_size = size;
     }
-}
-
-/// Server connections pgrouter's sessions hold on the primary (the monitor's
-/// own connection and the test's direct one excluded).
-async fn router_backends(env: &common::TestEnv) -> i64 {
-    let direct = env.primary_direct().await;
-    direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-             AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> 'pgrouter_monitor'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,15 +469,4 @@ async fn a_connection_that_died_while_idle_is_replaced_before_reuse() {
     let second = primary_pid(&client).await;
     assert_ne!(first, second, "a new server connection serves the client");
     env.stop().await;
-}
-
-/// The primary backend that runs a read-write transaction; its connection then
-/// waits, idle, in the primary's pool.
-async fn primary_pid(client: &tokio_postgres::Client) -> String {
-    first_text(
-        client
-            .simple_query("BEGIN; SELECT pg_backend_pid(); COMMIT")
-            .await
-            .expect("the transaction runs"),
-    )
 }

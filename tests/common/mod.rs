@@ -186,3 +186,39 @@ pub async fn server_port(client: &Client, sql_prefix: &str) -> u16 {
 pub mod pgbench;
 pub mod process;
 pub mod raw;
+
+/// The first column of the first row of a simple query's answer, as text.
+pub fn first_text(rows: Vec<tokio_postgres::SimpleQueryMessage>) -> String {
+    rows.into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// The primary backend that runs a read-write transaction; in transaction
+/// pooling its connection then waits, idle, in the primary's pool.
+pub async fn primary_pid(client: &Client) -> String {
+    first_text(
+        client
+            .simple_query("BEGIN; SELECT pg_backend_pid(); COMMIT")
+            .await
+            .expect("the transaction runs"),
+    )
+}
+
+/// Server connections pgrouter holds on the primary (the monitor's own
+/// connection and the test's direct one excluded).
+pub async fn router_backends(env: &TestEnv) -> i64 {
+    env.primary_direct()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+             AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> 'pgrouter_monitor'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
