@@ -3,7 +3,8 @@
 //! after sitting idle (`idle_timeout`) and replaced when old (`max_lifetime`),
 //! never more than `pool_size`; waiting clients served first come, first
 //! served; a user's own `pool_mode`; sessions pinned by what lives on one
-//! server session (cursors WITH HOLD, advisory locks).
+//! server session (cursors WITH HOLD, advisory locks); in session pooling, a
+//! connection cleaned before the next client gets it.
 
 mod common;
 
@@ -237,4 +238,40 @@ async fn cursors_with_hold_and_advisory_locks_pin_the_session() {
 /// The first column of the first row of `sql`'s answer, as text.
 async fn first_value(client: &tokio_postgres::Client, sql: &str) -> String {
     first_text(client.simple_query(sql).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_cleans_a_connection_before_the_next_client() {
+    let env = common::start_with(|c| {
+        c.pool.mode = PoolMode::Session;
+        c.pool.pool_size = 1;
+    })
+    .await;
+    let first = env.client().await;
+    first
+        .batch_execute(
+            "SET application_name = 'left_behind'; PREPARE kept AS SELECT 1; \
+             CREATE TEMP TABLE scratch (a int); SELECT pg_advisory_lock(7)",
+        )
+        .await
+        .unwrap();
+    let pid = primary_pid(&first).await;
+    drop(first);
+
+    // The pool's one primary connection, once the first client has gone.
+    let second = env.client().await;
+    assert_eq!(primary_pid(&second).await, pid, "the connection is reused");
+    let in_tx = |sql: &str| format!("BEGIN; {sql}; COMMIT");
+    let seen = first_value(&second, &in_tx("SHOW application_name")).await;
+    assert_ne!(seen, "left_behind");
+    let gone = in_tx("SELECT (to_regclass('pg_temp.scratch') IS NULL)::text");
+    assert_eq!(first_value(&second, &gone).await, "true");
+    let unlocked = in_tx("SELECT pg_try_advisory_lock(7)::text");
+    assert_eq!(first_value(&second, &unlocked).await, "true");
+    let err = second
+        .batch_execute("BEGIN; EXECUTE kept")
+        .await
+        .expect_err("the statement went with the first client");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+    env.stop().await;
 }
