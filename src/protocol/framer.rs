@@ -209,6 +209,23 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn an_idle_buffer_shrinks_back_after_a_large_message() {
+        let body = vec![b'x'; 200_000];
+        let large = Frame::from_parts(b'D', &body);
+        let small = Frame::from_parts(b'Z', b"I");
+        let wire = [&large.raw[..], &small.raw[..]].concat();
+        let mut reader = FramedReader::new(&wire[..], 1 << 20, CLIENT_IDLE_BUFFER);
+        assert_eq!(reader.next().await.unwrap(), Some(large));
+        // What is left of the large message's allocation after it.
+        let after_large = reader.buf.capacity();
+        assert_eq!(reader.next().await.unwrap(), Some(small));
+        // Drained: the next read starts from a buffer of the idle size.
+        assert_eq!(reader.fill().await.unwrap(), 0);
+        let idle = reader.buf.capacity();
+        assert!(idle <= CLIENT_IDLE_BUFFER, "{after_large} -> {idle}");
+    }
+
     #[test]
     fn from_parts_round_trips() {
         let frame = Frame::from_parts(b'S', b"");
