@@ -210,15 +210,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_buffer_shrinks_back_after_a_large_message() {
+    async fn an_idle_buffer_shrinks_back_after_growing() {
         let body = vec![b'x'; 200_000];
         let large = Frame::from_parts(b'D', &body);
         let small = Frame::from_parts(b'Z', b"I");
         let wire = [&large.raw[..], &small.raw[..]].concat();
         let mut reader = FramedReader::new(&wire[..], 1 << 20, CLIENT_IDLE_BUFFER);
         assert_eq!(reader.next().await.unwrap(), Some(large));
-        // What is left of the large message's allocation after it.
         let after_large = reader.buf.capacity();
+        // Reading on grows the buffer by a read chunk (16 KB) again.
         assert_eq!(reader.next().await.unwrap(), Some(small));
         // Drained: the next read starts from a buffer of the idle size.
         assert_eq!(reader.fill().await.unwrap(), 0);

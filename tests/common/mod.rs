@@ -211,8 +211,13 @@ pub async fn primary_pid(client: &Client) -> String {
 /// Server connections pgrouter holds on the primary (the monitor's own
 /// connection and the test's direct one excluded).
 pub async fn router_backends(env: &TestEnv) -> i64 {
-    env.primary_direct()
-        .await
+    router_backends_seen_by(&env.primary_direct().await).await
+}
+
+/// [`router_backends`] through a direct connection the caller keeps, so that
+/// polling leaves no exiting backend of its own behind to be counted.
+pub async fn router_backends_seen_by(direct: &Client) -> i64 {
+    direct
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
              AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> 'pgrouter_monitor'",
