@@ -116,8 +116,6 @@ pub(crate) struct SessionHandle {
     pub stop: AtomicWaker,
 }
 
-pub(crate) type CancelSlot = Arc<SessionHandle>;
-
 /// State shared by all sessions of one router.
 pub(crate) struct Shared {
     pub config: Arc<ArcSwap<Config>>,
@@ -130,7 +128,8 @@ pub(crate) struct Shared {
     /// Commit positions are learnt with a fastpath function call until a
     /// server refuses it (then with a prepared statement).
     pub capture_fastpath: std::sync::atomic::AtomicBool,
-    pub cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
+    /// Every live session, by the cancel key handed to its client.
+    pub sessions: Mutex<HashMap<(i32, i32), Arc<SessionHandle>>>,
     pub stats: Stats,
     next_pid: AtomicI32,
     pub replica_turn: AtomicUsize,
@@ -145,19 +144,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A new cancel key for a client session.
-    pub fn new_cancel_key(&self, slot: CancelSlot) -> (i32, i32) {
+    /// Registers a client session; returns the cancel key its client gets,
+    /// by which the session is found again.
+    pub fn new_cancel_key(&self, session: Arc<SessionHandle>) -> (i32, i32) {
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
         let secret = rand::random::<i32>();
-        self.cancels
+        self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((pid, secret), slot);
+            .insert((pid, secret), session);
         (pid, secret)
     }
 
     pub fn forget_cancel_key(&self, key: (i32, i32)) {
-        self.cancels
+        self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
@@ -195,7 +195,7 @@ impl Shared {
     /// either sees the flag or gets woken (and one that starts later sees it).
     fn stop_sessions(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let sessions = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for session in sessions.values() {
             session.stop.wake();
         }
@@ -213,8 +213,8 @@ impl Shared {
         })
     }
 
-    pub fn cancel_slot(&self, key: (i32, i32)) -> Option<CancelSlot> {
-        self.cancels
+    pub fn session_handle(&self, key: (i32, i32)) -> Option<Arc<SessionHandle>> {
+        self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
@@ -303,7 +303,7 @@ impl Router {
             classifier: ClassifierCache::new(10_000),
             keys: crate::consistency::CausalKeys::default(),
             capture_fastpath: std::sync::atomic::AtomicBool::new(true),
-            cancels: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(1),
             replica_turn: AtomicUsize::new(0),
             outstanding: (0..node_count).map(|_| AtomicUsize::new(0)).collect(),

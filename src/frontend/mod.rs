@@ -249,11 +249,11 @@ fn login_for(
 /// Forwards a client's CancelRequest to the server running its current query.
 /// Per protocol, nothing is ever answered on the cancel connection.
 async fn forward_cancel(shared: &Shared, key: (i32, i32)) {
-    let Some(slot) = shared.cancel_slot(key) else {
+    let Some(session) = shared.session_handle(key) else {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
-    let target = slot
+    let target = session
         .cancel
         .lock()
         .unwrap_or_else(|p| p.into_inner())

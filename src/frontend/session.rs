@@ -21,7 +21,7 @@ use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
-use crate::server::{CancelSlot, Shared};
+use crate::server::{SessionHandle, Shared};
 
 /// Index of the primary connection in `Session::servers`.
 pub(super) const PRIMARY: usize = 0;
@@ -111,7 +111,8 @@ pub(crate) struct Session {
     pub(super) pool_handles: super::attach::PoolHandles,
     /// Reused for every replica choice.
     pub(super) scratch_candidates: Vec<crate::monitor::select::Candidate>,
-    cancel_slot: CancelSlot,
+    /// What the router holds of this session: cancel target, stop waker.
+    handle: Arc<SessionHandle>,
     cancel_key: (i32, i32),
 }
 
@@ -132,8 +133,8 @@ impl Session {
         client_write: OwnedWriteHalf,
         out: BytesMut,
     ) -> Result<(), SessionError> {
-        let cancel_slot: CancelSlot = Arc::default();
-        let cancel_key = shared.new_cancel_key(cancel_slot.clone());
+        let handle: Arc<SessionHandle> = Arc::default();
+        let cancel_key = shared.new_cancel_key(handle.clone());
         let mut session = Session {
             shared,
             login,
@@ -167,7 +168,7 @@ impl Session {
             listens: None,
             pool_handles: Default::default(),
             scratch_candidates: Vec::new(),
-            cancel_slot,
+            handle,
             cancel_key,
         };
         let result = session.greet_and_run().await;
@@ -288,7 +289,7 @@ impl Session {
         // (they reach it only when it is idle anyway, and a turn takes them all).
         tokio::select! {
             biased;
-            _ = self.shared.stopped(&self.cancel_slot) => Event::Shutdown,
+            _ = self.shared.stopped(&self.handle) => Event::Shutdown,
             read = fill(primary) => Event::Server(PRIMARY, read),
             read = fill(replica) => Event::Server(REPLICA, read),
             read = self.client_in.fill(), if !client_blocked => Event::Client(read),
@@ -369,11 +370,7 @@ impl Session {
         let target = slot
             .and_then(|s| self.servers[s].as_ref())
             .map(|a| a.cancel.clone());
-        *self
-            .cancel_slot
-            .cancel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = target;
+        *self.handle.cancel.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
     async fn finish(&mut self) {
