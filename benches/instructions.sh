@@ -46,22 +46,7 @@ stop_counted() {
 }
 trap 'status=$?; stop_counted; (exit $status); cleanup' EXIT
 
-cat >"$work/counted.toml" <<TOML
-listen = "127.0.0.1:$COUNTED_PORT"
-[[users]]
-name = "$DB_USER"
-password = "$DB_PASSWORD"
-[[nodes]]
-name = "primary"
-host = "127.0.0.1"
-port = $CLUSTER_PORT
-role = "primary"
-[[nodes]]
-name = "replica0"
-host = "127.0.0.1"
-port = $((CLUSTER_PORT + 1))
-role = "replica"
-TOML
+write_one_replica_config "$work/counted.toml" "$COUNTED_PORT"
 echo "starting a router under callgrind on $COUNTED_PORT ..." >&2
 valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p" \
     "$PGROUTER" run --config "$work/counted.toml" >"$work/counted.log" 2>&1 &

@@ -4,7 +4,8 @@
 #   DURATION SCALE ROUTER_PORT CLUSTER_PORT BENCH_DIR MAX_THREADS DB_USER DB_PASSWORD
 #   DIRECT_URL ROUTER_URL
 # and optionally DEMO_ARGS (extra `pgrouter demo` arguments, e.g. --config).
-# Provides: $PGBENCH $PSQL $PGROUTER $work, tps_of, and cleanup on exit.
+# Provides: $PGBENCH $PSQL $PGROUTER $work, tps_of, write_one_replica_config,
+# and cleanup on exit.
 export LC_ALL=C # pgbench and printf agree on the decimal point
 
 cd "$(dirname "$0")/.."
@@ -106,6 +107,27 @@ for i in $(seq 1 120); do
     sleep 0.5
 done
 [ "$caught_up" = t ] || die "the replicas did not catch up within 60 s"
+
+# Writes to $1 the config of a router listening on port $2 in front of the
+# demo's primary and its first replica only (a second router beside the demo's).
+write_one_replica_config() {
+    cat >"$1" <<TOML
+listen = "127.0.0.1:$2"
+[[users]]
+name = "$DB_USER"
+password = "$DB_PASSWORD"
+[[nodes]]
+name = "primary"
+host = "127.0.0.1"
+port = $CLUSTER_PORT
+role = "primary"
+[[nodes]]
+name = "replica0"
+host = "127.0.0.1"
+port = $((CLUSTER_PORT + 1))
+role = "replica"
+TOML
+}
 
 # Runs pgbench once and prints its tps, or FAIL (with pgbench's output on stderr).
 tps_of() {

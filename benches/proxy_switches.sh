@@ -66,22 +66,7 @@ stop_router1() {
 }
 trap 'status=$?; stop_router1; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
 start_router1() {
-    cat >"$work/router1.toml" <<TOML
-listen = "127.0.0.1:$ROUTER1_PORT"
-[[users]]
-name = "$DB_USER"
-password = "$DB_PASSWORD"
-[[nodes]]
-name = "primary"
-host = "127.0.0.1"
-port = $CLUSTER_PORT
-role = "primary"
-[[nodes]]
-name = "replica0"
-host = "127.0.0.1"
-port = $REPLICA_PORT
-role = "replica"
-TOML
+    write_one_replica_config "$work/router1.toml" "$ROUTER1_PORT"
     "$PGROUTER" run --config "$work/router1.toml" >"$work/router1.log" 2>&1 &
     router1_pid=$!
     for _ in $(seq 1 100); do
