@@ -4,9 +4,8 @@
 # the proxy's CPU time (and its user and system parts), its voluntary (blocked)
 # and involuntary (preempted) context switches, and the whole machine's busy
 # CPU time split by who spent it: pgbench, the PostgreSQL servers (every
-# `postgres` process alive at the start of the run, so direct runs, whose
-# backends come and go, show 0 there), the proxy, and the rest (kernel
-# threads, interrupts). On this machine the servers and pgbench share the CPUs
+# `postgres` process, and through each postmaster the backends that exited
+# during the run), the proxy, and the rest (kernel threads, interrupts). On this machine the servers and pgbench share the CPUs
 # with the proxy, so TPS follows the machine's total, not the proxy's alone.
 #
 # Targets:
@@ -15,7 +14,11 @@
 #   bouncer-replica    PgBouncer in front of the first replica
 #   router             pgrouter (the demo) reading from both replicas
 #   router1            a second pgrouter reading from the first replica only
+#   null-relay         benches/null_relay.rs: a tokio byte relay to the first
+#                      replica, one server connection per client, no other work
 # bouncer-replica against router1 compares the two proxies on the same server;
+# null-relay is the floor for a relay built on tokio: what router1 spends above
+# it is pgrouter's own work (framing, routing, pooling);
 # router1 against router shows what spreading reads over two replicas costs
 # when every replica runs on this same machine.
 #
@@ -28,7 +31,7 @@
 set -euo pipefail
 DURATION=${DURATION:-5}
 CLIENTS=${CLIENTS:-16}
-TARGETS=${TARGETS:-"primary replica bouncer bouncer-replica router1 router bouncer bouncer-replica router1 router"}
+TARGETS=${TARGETS:-"primary replica bouncer bouncer-replica null-relay router1 router bouncer bouncer-replica null-relay router1 router"}
 SCALE=${SCALE:-10} ROUTER_PORT=${ROUTER_PORT:-16432} CLUSTER_PORT=${CLUSTER_PORT:-25432}
 BOUNCER_PORT=${BOUNCER_PORT:-16543} BENCH_DIR=${BENCH_DIR:-/tmp/pgrouter-bench} MAX_THREADS=2
 DB_USER=pgrouter DB_PASSWORD=pgrouter
@@ -64,7 +67,7 @@ stop_router1() {
     [ -n "$router1_pid" ] && kill -INT "$router1_pid" 2>/dev/null && wait "$router1_pid" 2>/dev/null
     router1_pid=
 }
-trap 'status=$?; stop_router1; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
+trap 'status=$?; stop_router1; stop_null_relay; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
 start_router1() {
     write_one_replica_config "$work/router1.toml" "$ROUTER1_PORT"
     "$PGROUTER" run --config "$work/router1.toml" >"$work/router1.log" 2>&1 &
@@ -77,17 +80,44 @@ start_router1() {
 }
 case " $TARGETS " in *" router1 "*) start_router1 ;; esac
 
+# The floor: a relay that does nothing but copy bytes (benches/null_relay.rs).
+NULL_RELAY_PORT=$((ROUTER_PORT + 2))
+NULL_RELAY_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$NULL_RELAY_PORT/postgres"
+null_relay_pid=
+stop_null_relay() {
+    if [ -n "$null_relay_pid" ]; then
+        kill "$null_relay_pid" 2>/dev/null || true
+        wait "$null_relay_pid" 2>/dev/null || true
+    fi
+    null_relay_pid=
+}
+start_null_relay() {
+    cargo build --release --example null_relay
+    "${target_dir:-${CARGO_TARGET_DIR:-target}}/release/examples/null_relay" \
+        "127.0.0.1:$NULL_RELAY_PORT" "127.0.0.1:$REPLICA_PORT" >"$work/null_relay.log" 2>&1 &
+    null_relay_pid=$!
+    for _ in $(seq 1 100); do
+        "$PSQL" -X -At -d "$NULL_RELAY_URL" -c "SELECT 1" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "the null relay did not start: $(tail -5 "$work/null_relay.log")"
+}
+case " $TARGETS " in *" null-relay "*) start_null_relay ;; esac
+
 # "voluntary involuntary" context switches over all threads of a process.
 switches() {
     cat /proc/"$1"/task/*/status | awk '/^voluntary/ {v += $2} /^nonvoluntary/ {n += $2} END {print v + 0, n + 0}'
 }
 # "user system" CPU ticks of a process.
 cpu_ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
-# User + system CPU ticks summed over the processes listed in $1.
-ticks_of() {
+# CPU ticks of the PostgreSQL servers: every live `postgres` process's own
+# (user + system) and its reaped children's, so a backend that exited during
+# the run still counts, in its postmaster's children time (direct runs and the
+# null relay open and close backends with each pgbench run).
+server_ticks() {
     local pid sum=0
-    for pid in $1; do
-        sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    for pid in $(pgrep -x postgres); do
+        sum=$((sum + $(awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
     echo "$sum"
 }
@@ -117,15 +147,15 @@ for target in $TARGETS; do
     bouncer-replica) bouncer_for "$REPLICA_PORT" && pid=$bouncer_pid url=$BOUNCER_URL ;;
     router) pid=$demo_pid url=$ROUTER_URL ;;
     router1) pid=$router1_pid url=$ROUTER1_URL ;;
+    null-relay) pid=$null_relay_pid url=$NULL_RELAY_URL ;;
     primary) pid= url=$DIRECT_URL ;;
     replica) pid= url=$REPLICA_URL ;;
     *) die "unknown target $target" ;;
     esac
     [ -n "$url" ] || die "target $target is not running"
-    servers=$(pgrep -x postgres | tr '\n' ' ')
     read -r v0 n0 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
     read -r u0 s0 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
-    m0=$(machine_ticks) srv0=$(ticks_of "$servers") c0=$(children_ticks)
+    m0=$(machine_ticks) srv0=$(server_ticks) c0=$(children_ticks)
     recorder=
     if [ -n "${RECORD:-}" ] && [ -n "$pid" ]; then
         perf record -F 2000 -g -p "$pid" -o "$out/$target.data" -- sleep "$DURATION" 2>/dev/null &
@@ -138,7 +168,7 @@ for target in $TARGETS; do
     [ -n "$recorder" ] && wait "$recorder"
     read -r v1 n1 <<<"$( [ -n "$pid" ] && switches "$pid" || echo 0 0)"
     read -r u1 s1 <<<"$( [ -n "$pid" ] && cpu_ticks "$pid" || echo 0 0)"
-    m1=$(machine_ticks) srv1=$(ticks_of "$servers")
+    m1=$(machine_ticks) srv1=$(server_ticks)
     [ -n "$txns" ] && [ "$txns" -gt 0 ] || die "pgbench through $target failed"
     awk -v t="$target" -v x="$txns" -v d="$DURATION" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v m=$((m1 - m0)) \
         -v v=$((v1 - v0)) -v n=$((n1 - n0)) -v us="$TICK_US" -v b=$((c1 - c0)) -v srv=$((srv1 - srv0)) \
