@@ -31,6 +31,11 @@ pub(super) struct Mark {
     pub commit_tag: Option<bool>,
     /// See `Batch::state_before_end`.
     pub state_before_end: bool,
+    /// The batch's savepoint statement, and how many savepoint answers
+    /// (SAVEPOINT, RELEASE, ROLLBACK) the server gave for it: one answer and
+    /// a known statement are followed, anything else loses track (see `savepoints`).
+    pub savepoint: Option<super::savepoints::SavepointOp>,
+    pub savepoint_answers: u32,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
     /// The commit-position query follows: hold this ReadyForQuery until it answers.
@@ -66,6 +71,8 @@ impl Mark {
             began_tx: false,
             commit_tag: None,
             state_before_end: false,
+            savepoint: None,
+            savepoint_answers: 0,
             extended,
             holds_ready: false,
             capture_after: false,

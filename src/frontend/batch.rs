@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SessionError;
 use super::local::{deallocated_statement, is_one_statement};
+use super::savepoints::{SavepointOp, savepoint_op};
 use super::session::{Flow, PRIMARY, REPLICA, Session};
 use super::session_log::Forgotten;
 use crate::consistency::SettingError;
@@ -128,6 +129,8 @@ pub(super) struct Batch {
     pub statements: u32,
     /// The LISTEN/UNLISTEN among them.
     pub listen: Option<ListenCommand>,
+    /// Its savepoint statement (see `savepoints`).
+    pub savepoint: Option<SavepointOp>,
 }
 
 impl Batch {
@@ -141,6 +144,11 @@ impl Batch {
         self.statements += 1;
         if decision.route == Route::Primary {
             self.needs_primary = true;
+            // Where the classifier puts savepoint statements (as writes: they
+            // only run on the primary).
+            if decision.tx == TxEffect::None && decision.session == SessionEffect::None {
+                self.learn_savepoint(text);
+            }
         }
         if decision.writes {
             self.writes = true;
@@ -184,19 +192,11 @@ impl Batch {
 }
 
 impl Batch {
-    fn merge_freshness(&mut self, hints: &FreshnessHints) {
-        if hints.is_empty() {
-            return;
+    fn learn_savepoint(&mut self, text: &str) {
+        if let Some(op) = savepoint_op(text) {
+            let several = self.savepoint.is_some();
+            self.savepoint = Some(if several { SavepointOp::Several } else { op });
         }
-        let ours = &mut self.freshness;
-        ours.after_lsn = ours.after_lsn.max(hints.after_lsn);
-        if ours.key.is_none() {
-            ours.key.clone_from(&hints.key);
-        }
-        ours.max_staleness = match (ours.max_staleness, hints.max_staleness) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
     }
 }
 
@@ -229,7 +229,7 @@ impl Session {
                 if decision.session == SessionEffect::SetsState {
                     batch.forgotten = self.forget_dropped_statements(sql);
                 }
-                batch.merge_freshness(&freshness_hints(sql));
+                batch.freshness.merge(&freshness_hints(sql));
                 // Short texts only: keeps the check off the path of real queries.
                 if sql.len() <= 64 && is_show_last_write_lsn(sql) {
                     batch.local = Some(LocalAnswer::ShowLastWriteLsn);
@@ -427,7 +427,7 @@ impl Session {
                     let forgotten = self.forget_dropped_statements(text);
                     self.batch.forgotten.extend(forgotten);
                 }
-                self.batch.merge_freshness(&statement.freshness);
+                self.batch.freshness.merge(&statement.freshness);
                 self.batch.copy_in |= statement.copy_in;
                 Need::Statement(statement.server_name.clone(), statement)
             }

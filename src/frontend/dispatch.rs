@@ -5,6 +5,7 @@
 use super::attach::AttachError;
 use super::attached::{Attached, Mark};
 use super::batch::{Batch, LocalAnswer, Need};
+use super::savepoints::SavepointOp;
 use super::server_statements::{close_least_used_over, prepare_statement_for, prepares};
 use super::session::{PRIMARY, REPLICA, Session};
 use super::state_sql::discards_all;
@@ -179,6 +180,12 @@ impl Session {
         }
         if let Some(index) = last_mark {
             if let Some(mark) = attached.marks.get_mut(index) {
+                // A setting beside a savepoint statement: which came first is
+                // not kept, so what the savepoint undid is not known.
+                mark.savepoint = match batch.savepoint {
+                    Some(_) if batch.state.is_some() => Some(SavepointOp::Several),
+                    op => op,
+                };
                 mark.state = batch.state;
                 mark.state_before_end = batch.state_before_end;
                 // Lost with a Flush-ended batch (no mark): not put back then.

@@ -15,6 +15,7 @@ mod listen;
 mod local;
 mod release;
 mod retry;
+mod savepoints;
 mod server_msgs;
 mod server_statements;
 mod session;

@@ -95,7 +95,16 @@ impl Session {
             {
                 // The last one wins: ROLLBACK TO SAVEPOINT; COMMIT commits.
                 if let Some(mark) = attached.current_mark() {
-                    mark.commit_tag = Some(frame.body() != b"ROLLBACK\0");
+                    let rollback = frame.body() == b"ROLLBACK\0";
+                    mark.commit_tag = Some(!rollback);
+                    mark.savepoint_answers += u32::from(rollback);
+                }
+            }
+            backend_tag::COMMAND_COMPLETE
+                if matches!(frame.body(), b"SAVEPOINT\0" | b"RELEASE\0") =>
+            {
+                if let Some(mark) = attached.current_mark() {
+                    mark.savepoint_answers += 1;
                 }
             }
             backend_tag::COMMAND_COMPLETE if frame.body().first() == Some(&b'D') => {
@@ -178,6 +187,8 @@ impl Session {
             mark.state = mark.state.or(earlier.state);
             mark.commit_tag = mark.commit_tag.or(earlier.commit_tag);
             mark.state_before_end |= earlier.state_before_end;
+            mark.savepoint = mark.savepoint.or(earlier.savepoint);
+            mark.savepoint_answers += earlier.savepoint_answers;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
         }
@@ -257,17 +268,7 @@ impl Session {
                 self.out.extend_from_slice(&frame.raw);
             }
             // Settings made in the transaction first: they came before.
-            if !self.tx_state.is_empty() {
-                // COMMIT AND CHAIN commits and stays in a block.
-                let chained_commit = mark.commit_tag == Some(true) && status != tx_status::IDLE;
-                if ends_tx || chained_commit {
-                    self.end_tx_state(slot, mark.commit_tag);
-                } else if mark.commit_tag == Some(false) {
-                    // ROLLBACK TO SAVEPOINT (or AND CHAIN): what it undid is
-                    // not followed, so the block's outcome is not trusted.
-                    self.tx_state_uncertain = true;
-                }
-            }
+            self.follow_block(slot, &mut mark, ends_tx, status);
             if let Some(sql) = state {
                 self.remember_state(slot, sql);
             }
@@ -338,6 +339,7 @@ impl Session {
             self.tx_status = tx_status::IDLE;
             self.tx_state.clear();
             self.tx_state_uncertain = false;
+            self.savepoints.clear();
             self.tx_pending = false;
             self.tx_slot = None;
         }

@@ -75,9 +75,12 @@ pub(crate) struct Session {
     /// Session-state statements that completed inside the open transaction
     /// block, and whether a ROLLBACK leaves them (see `end_tx_state`).
     pub(super) tx_state: Vec<(Arc<str>, bool)>,
-    /// A ROLLBACK TO SAVEPOINT (or AND CHAIN) came while `tx_state` held
-    /// settings: what the connection carries after the block is not known.
+    /// A ROLLBACK TO SAVEPOINT that `savepoints` could not attribute came while
+    /// `tx_state` held settings: what the connection carries after the block
+    /// is not known.
     pub(super) tx_state_uncertain: bool,
+    /// The savepoints of the open block, to know what a ROLLBACK TO undoes.
+    pub(super) savepoints: super::savepoints::Savepoints,
     pub(super) tx_status: u8,
     /// A BEGIN was sent but its ReadyForQuery has not come back yet.
     pub(super) tx_pending: bool,
@@ -154,6 +157,7 @@ impl Session {
             session_log: Vec::new(),
             tx_state: Vec::new(),
             tx_state_uncertain: false,
+            savepoints: Default::default(),
             tx_status: tx_status::IDLE,
             tx_pending: false,
             tx_slot: None,

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
+use super::attached::Mark;
 use super::batch::Statement;
 use super::dispatch::send_internal;
+use super::savepoints::{SavepointOp, Undo};
 use super::server_statements::close_statement;
 use super::session::Session;
 use super::state_sql::{
@@ -99,6 +101,46 @@ impl Session {
             self.tx_state.push((sql, survives));
         } else {
             self.log_state(slot, sql);
+        }
+    }
+
+    /// A client's batch on `slot` completed in a transaction block or ended
+    /// one (`ends_tx`; `status`: the ReadyForQuery's). A block that ended, or
+    /// was committed or rolled back AND CHAIN, settles its settings
+    /// (`end_tx_state`); a ROLLBACK TO SAVEPOINT forgets those made after the
+    /// savepoint, or leaves the block's outcome unknown when pgrouter could not
+    /// follow its savepoints.
+    pub(super) fn follow_block(&mut self, slot: usize, mark: &mut Mark, ends_tx: bool, status: u8) {
+        let op = match (mark.savepoint.take(), mark.savepoint_answers) {
+            (_, 0) => None,
+            (Some(op), 1) => Some(op),
+            _ => Some(SavepointOp::Several),
+        };
+        let in_block = status != tx_status::IDLE;
+        let chained = in_block
+            && (mark.commit_tag == Some(true) || op == Some(SavepointOp::RollbackAndChain));
+        if ends_tx || chained {
+            if !self.tx_state.is_empty() {
+                self.end_tx_state(slot, mark.commit_tag);
+            }
+            self.savepoints.clear();
+            return;
+        }
+        let Some(op) = op.filter(|_| in_block) else {
+            return;
+        };
+        match self.savepoints.apply(&op, self.tx_state.len()) {
+            Undo::Nothing => {}
+            Undo::From(first) => {
+                // What a rollback does not undo (a SQL PREPARE) stays.
+                let mut index = 0;
+                self.tx_state.retain(|(_, survives)| {
+                    index += 1;
+                    index <= first || *survives
+                });
+            }
+            Undo::Unknown if !self.tx_state.is_empty() => self.tx_state_uncertain = true,
+            Undo::Unknown => {}
         }
     }
 

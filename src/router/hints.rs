@@ -147,6 +147,22 @@ impl FreshnessHints {
     pub fn is_empty(&self) -> bool {
         self.after_lsn.is_none() && self.key.is_none() && self.max_staleness.is_none()
     }
+
+    /// Adds another statement's hints (of one batch): the highest floor, the
+    /// first key, the tightest staleness budget.
+    pub fn merge(&mut self, other: &FreshnessHints) {
+        if other.is_empty() {
+            return;
+        }
+        self.after_lsn = self.after_lsn.max(other.after_lsn);
+        if self.key.is_none() {
+            self.key.clone_from(&other.key);
+        }
+        self.max_staleness = match (self.max_staleness, other.max_staleness) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 /// The freshness hints in the leading comments of `sql`; for each item the

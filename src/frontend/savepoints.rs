@@ -1,0 +1,292 @@
+//! The savepoints of a session's open transaction block, so that the settings
+//! a `ROLLBACK TO SAVEPOINT` undoes are forgotten and those a `RELEASE` keeps
+//! are remembered (the block's settings wait in `Session::tx_state` until it
+//! ends). Pure bookkeeping on statement texts and positions: it reads and
+//! sends nothing, and never decides where a batch goes.
+//!
+//! Only a savepoint statement alone in its text is followed. One pgrouter
+//! cannot attribute (inside a multi-statement query, or beside another in one
+//! batch) makes the stack untrustworthy for the rest of the block, and a later
+//! rollback then leaves the block's outcome unknown, as before this existed.
+
+/// What one statement does to the block's savepoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum SavepointOp {
+    /// `SAVEPOINT name`.
+    Define(String),
+    /// `RELEASE [SAVEPOINT] name`: it and every later savepoint go; their
+    /// settings stay in the block.
+    Release(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`: settings made after
+    /// it are undone; it stays, later savepoints go.
+    RollbackTo(String),
+    /// `ROLLBACK [WORK | TRANSACTION] AND CHAIN`: the block rolls back and a
+    /// new one begins at once.
+    RollbackAndChain,
+    /// A batch with more than one of the above.
+    Several,
+}
+
+/// What a completed savepoint statement means for the block's settings.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Undo {
+    /// Nothing is undone.
+    Nothing,
+    /// The settings from this index of the block's list on are undone.
+    From(usize),
+    /// Something may be undone, but not known what.
+    Unknown,
+}
+
+/// The open block's savepoints, innermost last, each with the number of the
+/// block's settings made before it.
+#[derive(Debug, Default)]
+pub(super) struct Savepoints {
+    stack: Vec<(String, usize)>,
+    /// A savepoint statement went by that could not be attributed.
+    lost: bool,
+}
+
+impl Savepoints {
+    /// Records `op`, which completed without error in the block, when
+    /// `settings` of the block's settings had been made.
+    pub fn apply(&mut self, op: &SavepointOp, settings: usize) -> Undo {
+        match op {
+            SavepointOp::Define(name) => {
+                self.stack.push((name.clone(), settings));
+                Undo::Nothing
+            }
+            SavepointOp::Release(name) => {
+                match self.find(name) {
+                    Some(index) => self.stack.truncate(index),
+                    None => self.lost = true,
+                }
+                Undo::Nothing
+            }
+            SavepointOp::RollbackTo(name) => match self.find(name) {
+                Some(index) if !self.lost => {
+                    self.stack.truncate(index + 1);
+                    Undo::From(self.stack[index].1)
+                }
+                _ => {
+                    self.lost = true;
+                    Undo::Unknown
+                }
+            },
+            // The caller ends the block for a chained rollback; `Several` may
+            // have rolled anything back.
+            SavepointOp::RollbackAndChain | SavepointOp::Several => {
+                self.lost = true;
+                Undo::Unknown
+            }
+        }
+    }
+
+    /// The block ended: no savepoints are left.
+    pub fn clear(&mut self) {
+        self.stack.clear();
+        self.lost = false;
+    }
+
+    /// The innermost savepoint of that name (PostgreSQL allows repeats and
+    /// uses the latest).
+    fn find(&self, name: &str) -> Option<usize> {
+        self.stack.iter().rposition(|(n, _)| n == name)
+    }
+}
+
+/// The savepoint statement `sql` is, if it is exactly one (a trailing `;`
+/// allowed). Names as the server keeps them: unquoted ones folded to lower case.
+pub(super) fn savepoint_op(sql: &str) -> Option<SavepointOp> {
+    let sql = sql.trim();
+    let sql = sql.strip_suffix(';').unwrap_or(sql).trim_end();
+    let (first, rest) = next_word(sql)?;
+    if first.eq_ignore_ascii_case("SAVEPOINT") {
+        return only_name(rest).map(SavepointOp::Define);
+    }
+    if first.eq_ignore_ascii_case("RELEASE") {
+        let rest = skip_word(rest, "SAVEPOINT");
+        return only_name(rest).map(SavepointOp::Release);
+    }
+    if !(first.eq_ignore_ascii_case("ROLLBACK") || first.eq_ignore_ascii_case("ABORT")) {
+        return None;
+    }
+    let rest = skip_word(skip_word(rest, "WORK"), "TRANSACTION");
+    let (word, after) = next_word(rest)?;
+    if word.eq_ignore_ascii_case("TO") && first.eq_ignore_ascii_case("ROLLBACK") {
+        return only_name(skip_word(after, "SAVEPOINT")).map(SavepointOp::RollbackTo);
+    }
+    let (chain, end) = next_word(after)?;
+    let and_chain = word.eq_ignore_ascii_case("AND") && chain.eq_ignore_ascii_case("CHAIN");
+    (and_chain && end.is_empty()).then_some(SavepointOp::RollbackAndChain)
+}
+
+/// The first whitespace-separated word of `sql` and the trimmed rest.
+fn next_word(sql: &str) -> Option<(&str, &str)> {
+    let sql = sql.trim_start();
+    if sql.is_empty() {
+        return None;
+    }
+    let end = sql.find(char::is_whitespace).unwrap_or(sql.len());
+    Some((&sql[..end], sql[end..].trim_start()))
+}
+
+/// `sql` without a leading `word` (any case), if it has one.
+fn skip_word<'a>(sql: &'a str, word: &str) -> &'a str {
+    match next_word(sql) {
+        Some((first, rest)) if first.eq_ignore_ascii_case(word) => rest,
+        _ => sql,
+    }
+}
+
+/// `sql` as one identifier and nothing else: a quoted one as written, an
+/// unquoted one folded to lower case (ASCII, as for other names pgrouter keeps).
+fn only_name(sql: &str) -> Option<String> {
+    if let Some(quoted) = sql.strip_prefix('"') {
+        let inner = quoted.strip_suffix('"')?;
+        // Doubled quotes are one quote; a lone one would end the name early.
+        let name = inner.replace("\"\"", "\"");
+        let well_formed = !name.is_empty() && !inner.replace("\"\"", "").contains('"');
+        return well_formed.then_some(name);
+    }
+    let plain = sql.starts_with(|c: char| c.is_alphabetic() || c == '_')
+        && sql
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    plain.then(|| sql.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn define(name: &str) -> SavepointOp {
+        SavepointOp::Define(name.into())
+    }
+
+    #[test]
+    fn reads_the_savepoint_statements_postgres_accepts() {
+        let cases: &[(&str, Option<SavepointOp>)] = &[
+            ("SAVEPOINT sp1", Some(define("sp1"))),
+            ("savepoint Sp1;", Some(define("sp1"))),
+            ("  SAVEPOINT \"Mixed Case\" ; ", Some(define("Mixed Case"))),
+            ("SAVEPOINT \"a\"\"b\"", Some(define("a\"b"))),
+            (
+                "RELEASE SAVEPOINT sp1",
+                Some(SavepointOp::Release("sp1".into())),
+            ),
+            ("release sp1", Some(SavepointOp::Release("sp1".into()))),
+            (
+                "ROLLBACK TO SAVEPOINT sp1",
+                Some(SavepointOp::RollbackTo("sp1".into())),
+            ),
+            (
+                "rollback to sp1",
+                Some(SavepointOp::RollbackTo("sp1".into())),
+            ),
+            (
+                "ROLLBACK WORK TO SAVEPOINT sp1",
+                Some(SavepointOp::RollbackTo("sp1".into())),
+            ),
+            (
+                "ROLLBACK TRANSACTION TO sp1",
+                Some(SavepointOp::RollbackTo("sp1".into())),
+            ),
+            ("ROLLBACK AND CHAIN", Some(SavepointOp::RollbackAndChain)),
+            ("abort work and chain;", Some(SavepointOp::RollbackAndChain)),
+            // Not savepoint statements, or not alone in the text.
+            ("ROLLBACK", None),
+            ("ROLLBACK AND NO CHAIN", None),
+            ("COMMIT AND CHAIN", None),
+            ("SAVEPOINT", None),
+            ("SAVEPOINT a; SET x = 1", None),
+            ("SAVEPOINT a b", None),
+            ("SAVEPOINT \"a\"b\"", None),
+            ("SAVEPOINT \"\"", None),
+            ("SAVEPOINT 1a", None),
+            ("ABORT TO sp1", None),
+            ("SELECT 'SAVEPOINT a'", None),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(&savepoint_op(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_rollback_undoes_what_followed_its_savepoint() {
+        let mut points = Savepoints::default();
+        assert_eq!(points.apply(&define("a"), 1), Undo::Nothing);
+        assert_eq!(points.apply(&define("b"), 2), Undo::Nothing);
+        // Back to a: b goes, a stays (a second rollback to it works).
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 4),
+            Undo::From(1)
+        );
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("b".into()), 1),
+            Undo::Unknown
+        );
+        let mut points = Savepoints::default();
+        points.apply(&define("a"), 0);
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 3),
+            Undo::From(0)
+        );
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 2),
+            Undo::From(0)
+        );
+    }
+
+    #[test]
+    fn a_repeated_name_means_the_latest_and_release_keeps_settings() {
+        let mut points = Savepoints::default();
+        points.apply(&define("s"), 0);
+        points.apply(&define("s"), 2);
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("s".into()), 3),
+            Undo::From(2)
+        );
+        // Releasing the inner s uncovers the outer one.
+        assert_eq!(
+            points.apply(&SavepointOp::Release("s".into()), 2),
+            Undo::Nothing
+        );
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("s".into()), 5),
+            Undo::From(0)
+        );
+        // Releasing the outer one leaves none.
+        points.apply(&SavepointOp::Release("s".into()), 0);
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("s".into()), 0),
+            Undo::Unknown
+        );
+    }
+
+    #[test]
+    fn after_an_unattributed_statement_rollbacks_are_unknown_until_the_block_ends() {
+        let mut points = Savepoints::default();
+        points.apply(&define("a"), 0);
+        assert_eq!(points.apply(&SavepointOp::Several, 0), Undo::Unknown);
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 1),
+            Undo::Unknown
+        );
+        points.clear();
+        points.apply(&define("a"), 0);
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 1),
+            Undo::From(0)
+        );
+        // A RELEASE of a savepoint it never saw: the stack is not the server's.
+        assert_eq!(
+            points.apply(&SavepointOp::Release("b".into()), 1),
+            Undo::Nothing
+        );
+        assert_eq!(
+            points.apply(&SavepointOp::RollbackTo("a".into()), 1),
+            Undo::Unknown
+        );
+    }
+}

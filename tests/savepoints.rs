@@ -1,0 +1,154 @@
+//! Settings and savepoints in transaction pooling, against the real cluster:
+//! what a client's `ROLLBACK TO SAVEPOINT` undid stays undone on every
+//! connection it gets afterwards (its reads run on replica connections, where
+//! pgrouter replays the session's settings), and what `RELEASE` kept stays.
+
+mod common;
+
+use common::first_text;
+use pgrouter::config::{Config, PoolMode};
+use tokio_postgres::Client;
+
+fn one_connection_per_node(config: &mut Config) {
+    config.pool.mode = PoolMode::Transaction;
+    config.pool.pool_size = 1;
+}
+
+/// `application_name` as the client sees it on a replica (an autocommit read,
+/// where its settings are replayed) and on the primary (in a read-write block).
+async fn application_names(client: &Client) -> (String, String) {
+    let on_replica = first_text(client.simple_query("SHOW application_name").await.unwrap());
+    client.batch_execute("BEGIN").await.unwrap();
+    let on_primary = first_text(client.simple_query("SHOW application_name").await.unwrap());
+    client.batch_execute("COMMIT").await.unwrap();
+    (on_replica, on_primary)
+}
+
+/// Each block runs statement by statement (one Query each, as psql and ORMs
+/// send them); afterwards the client must see the setting PostgreSQL would
+/// have left, wherever it reads, and another client never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_undone_by_rollback_to_savepoint_stay_undone() {
+    let env = common::start_with(one_connection_per_node).await;
+    let a = env.client().await;
+    let b = env.client().await;
+    let blocks: &[(&[&str], &str)] = &[
+        (
+            &[
+                "BEGIN",
+                "SET application_name = 'before'",
+                "SAVEPOINT s",
+                "SET application_name = 'undone'",
+                "ROLLBACK TO SAVEPOINT s",
+                "COMMIT",
+            ],
+            "before",
+        ),
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "SET application_name = 'released'",
+                "RELEASE SAVEPOINT s",
+                "COMMIT",
+            ],
+            "released",
+        ),
+        // Nested, and a name folded to lower case: back to the outer one.
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT Top",
+                "SET application_name = 'one'",
+                "SAVEPOINT nested",
+                "SET application_name = 'two'",
+                "RELEASE nested",
+                "ROLLBACK TO top",
+                "COMMIT",
+            ],
+            "released",
+        ),
+        // A repeated name means the latest savepoint of that name.
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT s",
+                "SET application_name = 'outer'",
+                "SAVEPOINT s",
+                "SET application_name = 'inner'",
+                "ROLLBACK TO s",
+                "COMMIT",
+            ],
+            "outer",
+        ),
+        // A rollback in a failed block, then more work.
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT \"Quoted\"",
+                "SET application_name = 'failed'",
+                "SELECT 1/0",
+                "ROLLBACK TO \"Quoted\"",
+                "SET application_name = 'recovered'",
+                "COMMIT",
+            ],
+            "recovered",
+        ),
+        // ROLLBACK AND CHAIN undoes the whole block and opens another.
+        (
+            &[
+                "BEGIN",
+                "SET application_name = 'chained'",
+                "ROLLBACK AND CHAIN",
+                "SHOW application_name",
+                "COMMIT",
+            ],
+            "recovered",
+        ),
+    ];
+    for (statements, expected) in blocks {
+        for sql in *statements {
+            // Only the division by zero fails.
+            let result = a.batch_execute(sql).await;
+            assert_eq!(result.is_err(), sql.contains("1/0"), "{sql}: {result:?}");
+        }
+        let (on_replica, on_primary) = application_names(&a).await;
+        assert_eq!(
+            (on_replica.as_str(), on_primary.as_str()),
+            (*expected, *expected),
+            "after {statements:?}"
+        );
+        let (b_replica, b_primary) = application_names(&b).await;
+        assert_eq!((b_replica.as_str(), b_primary.as_str()), ("", ""));
+    }
+    env.stop().await;
+}
+
+/// A SQL `PREPARE` inside a savepoint is not undone by `ROLLBACK TO` (prepared
+/// statements are not transactional); the settings beside it are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_survives_the_rollback_to_savepoint_that_undoes_a_setting() {
+    let env = common::start_with(one_connection_per_node).await;
+    let a = env.client().await;
+    for sql in [
+        "BEGIN",
+        "SET application_name = 'kept'",
+        "SAVEPOINT s",
+        "PREPARE survivor AS SELECT 42",
+        "SET application_name = 'undone'",
+        "ROLLBACK TO s",
+        "COMMIT",
+    ] {
+        a.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(
+        application_names(&a).await,
+        ("kept".to_owned(), "kept".to_owned())
+    );
+    // On a replica connection, where the PREPARE is replayed.
+    let answer = first_text(a.simple_query("EXECUTE survivor").await.unwrap());
+    assert_eq!(answer, "42");
+    env.stop().await;
+}
