@@ -6,6 +6,7 @@
 mod common;
 
 use common::first_text;
+use common::raw::*;
 use pgrouter::config::{Config, PoolMode};
 use tokio_postgres::Client;
 
@@ -94,16 +95,40 @@ async fn settings_undone_by_rollback_to_savepoint_stay_undone() {
             ],
             "recovered",
         ),
+        // RELEASE drops the savepoint: the next one of that name is new.
+        (
+            &[
+                "BEGIN",
+                "SAVEPOINT a",
+                "SET application_name = 'r1'",
+                "RELEASE a",
+                "SAVEPOINT a",
+                "SET application_name = 'r2'",
+                "ROLLBACK TO a",
+                "COMMIT",
+            ],
+            "r1",
+        ),
         // ROLLBACK AND CHAIN undoes the whole block and opens another.
         (
             &[
                 "BEGIN",
                 "SET application_name = 'chained'",
                 "ROLLBACK AND CHAIN",
-                "SHOW application_name",
                 "COMMIT",
             ],
-            "recovered",
+            "r1",
+        ),
+        // So does COMMIT AND CHAIN of a failed block (PostgreSQL answers ROLLBACK).
+        (
+            &[
+                "BEGIN",
+                "SET application_name = 'failed chain'",
+                "SELECT 1/0",
+                "COMMIT AND CHAIN",
+                "COMMIT",
+            ],
+            "r1",
         ),
     ];
     for (statements, expected) in blocks {
@@ -151,4 +176,97 @@ async fn a_prepare_survives_the_rollback_to_savepoint_that_undoes_a_setting() {
     let answer = first_text(a.simple_query("EXECUTE survivor").await.unwrap());
     assert_eq!(answer, "42");
     env.stop().await;
+}
+
+/// Savepoints sent with the extended protocol (Parse/Bind/Execute/Sync, as
+/// JDBC, Npgsql and tokio-postgres's `execute` send them) are followed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_sent_as_prepared_statements_are_followed() {
+    let env = common::start_with(one_connection_per_node).await;
+    let a = env.client().await;
+    for sql in [
+        "BEGIN",
+        "SET application_name = 'kept'",
+        "SAVEPOINT s",
+        "SET application_name = 'undone'",
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+        "BEGIN",
+        "SET application_name = 'chained'",
+        "ROLLBACK AND CHAIN",
+        "COMMIT",
+    ] {
+        a.execute(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(
+        application_names(&a).await,
+        ("kept".to_owned(), "kept".to_owned())
+    );
+    env.stop().await;
+}
+
+/// Savepoints pgrouter cannot follow (a name PostgreSQL truncates, a
+/// SAVEPOINT in a section ended by Flush) leave the client with the setting
+/// it still has, and its connection is cleaned before another client (with
+/// no settings either) gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_pgrouter_cannot_follow_never_leak_a_setting() {
+    let env = trust_env_with(one_connection_per_node).await;
+    // PostgreSQL keeps 63 bytes of a name: the second SAVEPOINT is the first's
+    // name again, and the ROLLBACK TO goes back to it, keeping the SET.
+    let long = format!("s{}", "x".repeat(62));
+    let (mut a, _) = raw_login(env.addr).await;
+    for sql in [
+        "BEGIN".to_owned(),
+        format!("SAVEPOINT {long}"),
+        "SET work_mem = '77MB'".to_owned(),
+        format!("SAVEPOINT {long}1"),
+        format!("ROLLBACK TO {long}"),
+        "COMMIT".to_owned(),
+    ] {
+        let answer = raw_query(&mut a, &sql).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{sql}");
+    }
+    assert_work_mem(&mut a, "77MB", "A after the truncated name").await;
+    let (mut b, _) = raw_login(env.addr).await;
+    assert_work_mem(&mut b, "4MB", "B after A's truncated name").await;
+
+    // A SAVEPOINT answered before any Sync: the ROLLBACK TO goes back to it.
+    let (mut c, _) = raw_login(env.addr).await;
+    for sql in ["BEGIN", "SAVEPOINT a", "SET work_mem = '55MB'"] {
+        raw_query(&mut c, sql).await;
+    }
+    send(
+        &mut c,
+        &concat(&[parse("", "SAVEPOINT a"), bind("", ""), execute(""), flush()]),
+    )
+    .await;
+    for expected in [b'1', b'2', b'C'] {
+        match read_message(&mut c, WAIT).await {
+            Incoming::Msg(tag, _) => assert_eq!(tag, expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    send(&mut c, &sync()).await;
+    until_ready(&mut c, WAIT, "Sync").await;
+    for sql in ["ROLLBACK TO a", "COMMIT"] {
+        let answer = raw_query(&mut c, sql).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{sql}");
+    }
+    assert_work_mem(&mut c, "55MB", "C after the Flush-ended SAVEPOINT").await;
+    assert_work_mem(&mut b, "4MB", "B after C's Flush-ended SAVEPOINT").await;
+    env.stop().await;
+}
+
+/// `work_mem` on the primary connection (a read-write block), where a
+/// connection another client left is found.
+async fn assert_work_mem(stream: &mut tokio::net::TcpStream, expected: &str, what: &str) {
+    raw_query(stream, "BEGIN").await;
+    let seen = first_value(&raw_query(stream, "SHOW work_mem").await);
+    raw_query(stream, "COMMIT").await;
+    assert_eq!(seen.as_deref(), Some(expected), "{what}");
+    let seen = first_value(&raw_query(stream, "SHOW work_mem").await);
+    assert_eq!(seen.as_deref(), Some(expected), "{what}, on a replica");
 }

@@ -41,6 +41,8 @@ pub(super) struct Statement {
     pub freshness: FreshnessHints,
     /// It may start COPY FROM STDIN (see `Batch::copy_in`).
     pub copy_in: bool,
+    /// The savepoint statement it is (see `savepoints`).
+    pub savepoint: Option<SavepointOp>,
     /// The server answered its Parse with ParseComplete: it exists, so a Parse
     /// of its name is refused (see `Need::Duplicate`). Until then the Parse
     /// may still fail, and a new Parse of the name replaces it.
@@ -144,11 +146,9 @@ impl Batch {
         self.statements += 1;
         if decision.route == Route::Primary {
             self.needs_primary = true;
-            // Where the classifier puts savepoint statements (as writes: they
-            // only run on the primary).
-            if decision.tx == TxEffect::None && decision.session == SessionEffect::None {
-                self.learn_savepoint(text);
-            }
+        }
+        if let Some(op) = savepoint_of(decision, text) {
+            self.add_savepoint(op);
         }
         if decision.writes {
             self.writes = true;
@@ -192,12 +192,19 @@ impl Batch {
 }
 
 impl Batch {
-    fn learn_savepoint(&mut self, text: &str) {
-        if let Some(op) = savepoint_op(text) {
-            let several = self.savepoint.is_some();
-            self.savepoint = Some(if several { SavepointOp::Several } else { op });
-        }
+    fn add_savepoint(&mut self, op: SavepointOp) {
+        let several = self.savepoint.is_some();
+        self.savepoint = Some(if several { SavepointOp::Several } else { op });
     }
+}
+
+/// The savepoint statement `text` is. Only looked for where the classifier
+/// puts them (the primary, as writes, with no transaction or session effect).
+fn savepoint_of(decision: &Decision, text: &str) -> Option<SavepointOp> {
+    let candidate = decision.route == Route::Primary
+        && decision.tx == TxEffect::None
+        && decision.session == SessionEffect::None;
+    candidate.then(|| savepoint_op(text)).flatten()
 }
 
 /// A write that may start COPY FROM STDIN (also inside a multi-statement text).
@@ -347,6 +354,7 @@ impl Session {
         // needs no particular node (see `choose`).
         let decision = self.shared.classifier.classify(sql);
         let copy_in = may_copy_in(&decision, sql);
+        let savepoint = savepoint_of(&decision, sql);
         let freshness = freshness_hints(sql);
         let hash = hash_bytes(parse_content(frame.body()).map_err(bad)?);
         let name = name.to_owned();
@@ -371,6 +379,7 @@ impl Session {
             decision,
             freshness,
             copy_in,
+            savepoint,
             confirmed: AtomicBool::new(false),
         };
         self.statements.insert(name.clone(), Arc::new(statement));
@@ -429,6 +438,9 @@ impl Session {
                 }
                 self.batch.freshness.merge(&statement.freshness);
                 self.batch.copy_in |= statement.copy_in;
+                if let Some(op) = &statement.savepoint {
+                    self.batch.add_savepoint(op.clone());
+                }
                 Need::Statement(statement.server_name.clone(), statement)
             }
             None => Need::Nothing,

@@ -4,10 +4,12 @@
 //! ends). Pure bookkeeping on statement texts and positions: it reads and
 //! sends nothing, and never decides where a batch goes.
 //!
-//! Only a savepoint statement alone in its text is followed. One pgrouter
-//! cannot attribute (inside a multi-statement query, or beside another in one
-//! batch) makes the stack untrustworthy for the rest of the block, and a later
-//! rollback then leaves the block's outcome unknown, as before this existed.
+//! Only a savepoint statement alone in its text is followed, with a name
+//! pgrouter compares as PostgreSQL does (ASCII, at most 63 bytes). One it
+//! cannot attribute (inside a multi-statement query, beside another in one
+//! batch, in a section ended by Flush, a name it does not read) makes the stack
+//! untrustworthy for the rest of the block, and a later rollback then leaves
+//! the block's outcome unknown.
 
 /// What one statement does to the block's savepoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,9 +22,10 @@ pub(super) enum SavepointOp {
     /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`: settings made after
     /// it are undone; it stays, later savepoints go.
     RollbackTo(String),
-    /// `ROLLBACK [WORK | TRANSACTION] AND CHAIN`: the block rolls back and a
-    /// new one begins at once.
-    RollbackAndChain,
+    /// `COMMIT`, `END`, `ROLLBACK` or `ABORT` `[WORK | TRANSACTION] AND CHAIN`:
+    /// the block ends (committed or rolled back, as the server's answer says)
+    /// and a new one begins at once.
+    Chain,
     /// A batch with more than one of the above.
     Several,
 }
@@ -75,7 +78,7 @@ impl Savepoints {
             },
             // The caller ends the block for a chained rollback; `Several` may
             // have rolled anything back.
-            SavepointOp::RollbackAndChain | SavepointOp::Several => {
+            SavepointOp::Chain | SavepointOp::Several => {
                 self.lost = true;
                 Undo::Unknown
             }
@@ -95,40 +98,54 @@ impl Savepoints {
     }
 }
 
+/// Longest name PostgreSQL keeps (NAMEDATALEN - 1); it truncates longer
+/// ones, which pgrouter does not follow.
+const MAX_NAME_LEN: usize = 63;
+
 /// The savepoint statement `sql` is, if it is exactly one (a trailing `;`
 /// allowed). Names as the server keeps them: unquoted ones folded to lower case.
 pub(super) fn savepoint_op(sql: &str) -> Option<SavepointOp> {
-    let sql = sql.trim();
-    let sql = sql.strip_suffix(';').unwrap_or(sql).trim_end();
+    let sql = sql.trim_matches(is_space);
+    let sql = sql
+        .strip_suffix(';')
+        .unwrap_or(sql)
+        .trim_end_matches(is_space);
     let (first, rest) = next_word(sql)?;
-    if first.eq_ignore_ascii_case("SAVEPOINT") {
+    let is = |word: &str| first.eq_ignore_ascii_case(word);
+    if is("SAVEPOINT") {
         return only_name(rest).map(SavepointOp::Define);
     }
-    if first.eq_ignore_ascii_case("RELEASE") {
+    if is("RELEASE") {
         let rest = skip_word(rest, "SAVEPOINT");
         return only_name(rest).map(SavepointOp::Release);
     }
-    if !(first.eq_ignore_ascii_case("ROLLBACK") || first.eq_ignore_ascii_case("ABORT")) {
+    if !(is("ROLLBACK") || is("ABORT") || is("COMMIT") || is("END")) {
         return None;
     }
     let rest = skip_word(skip_word(rest, "WORK"), "TRANSACTION");
     let (word, after) = next_word(rest)?;
-    if word.eq_ignore_ascii_case("TO") && first.eq_ignore_ascii_case("ROLLBACK") {
+    if word.eq_ignore_ascii_case("TO") && is("ROLLBACK") {
         return only_name(skip_word(after, "SAVEPOINT")).map(SavepointOp::RollbackTo);
     }
     let (chain, end) = next_word(after)?;
     let and_chain = word.eq_ignore_ascii_case("AND") && chain.eq_ignore_ascii_case("CHAIN");
-    (and_chain && end.is_empty()).then_some(SavepointOp::RollbackAndChain)
+    (and_chain && end.is_empty()).then_some(SavepointOp::Chain)
+}
+
+/// Whitespace as PostgreSQL's scanner knows it: ASCII only (any other
+/// character may be part of an identifier).
+fn is_space(c: char) -> bool {
+    c.is_ascii_whitespace() || c == '\x0b'
 }
 
 /// The first whitespace-separated word of `sql` and the trimmed rest.
 fn next_word(sql: &str) -> Option<(&str, &str)> {
-    let sql = sql.trim_start();
+    let sql = sql.trim_start_matches(is_space);
     if sql.is_empty() {
         return None;
     }
-    let end = sql.find(char::is_whitespace).unwrap_or(sql.len());
-    Some((&sql[..end], sql[end..].trim_start()))
+    let end = sql.find(is_space).unwrap_or(sql.len());
+    Some((&sql[..end], sql[end..].trim_start_matches(is_space)))
 }
 
 /// `sql` without a leading `word` (any case), if it has one.
@@ -140,20 +157,28 @@ fn skip_word<'a>(sql: &'a str, word: &str) -> &'a str {
 }
 
 /// `sql` as one identifier and nothing else: a quoted one as written, an
-/// unquoted one folded to lower case (ASCII, as for other names pgrouter keeps).
+/// unquoted one folded to lower case. Only names pgrouter compares exactly as
+/// PostgreSQL does: unquoted ones in ASCII (PostgreSQL may also fold other
+/// letters, by the database's encoding), none longer than it keeps.
 fn only_name(sql: &str) -> Option<String> {
-    if let Some(quoted) = sql.strip_prefix('"') {
+    let name = if let Some(quoted) = sql.strip_prefix('"') {
         let inner = quoted.strip_suffix('"')?;
         // Doubled quotes are one quote; a lone one would end the name early.
-        let name = inner.replace("\"\"", "\"");
-        let well_formed = !name.is_empty() && !inner.replace("\"\"", "").contains('"');
-        return well_formed.then_some(name);
-    }
-    let plain = sql.starts_with(|c: char| c.is_alphabetic() || c == '_')
-        && sql
-            .chars()
-            .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
-    plain.then(|| sql.to_ascii_lowercase())
+        if inner.replace("\"\"", "").contains('"') {
+            return None;
+        }
+        inner.replace("\"\"", "\"")
+    } else {
+        let plain = sql.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && sql
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        if !plain {
+            return None;
+        }
+        sql.to_ascii_lowercase()
+    };
+    (!name.is_empty() && name.len() <= MAX_NAME_LEN).then_some(name)
 }
 
 #[cfg(test)]
@@ -192,12 +217,17 @@ mod tests {
                 "ROLLBACK TRANSACTION TO sp1",
                 Some(SavepointOp::RollbackTo("sp1".into())),
             ),
-            ("ROLLBACK AND CHAIN", Some(SavepointOp::RollbackAndChain)),
-            ("abort work and chain;", Some(SavepointOp::RollbackAndChain)),
-            // Not savepoint statements, or not alone in the text.
+            ("ROLLBACK AND CHAIN", Some(SavepointOp::Chain)),
+            ("abort work and chain;", Some(SavepointOp::Chain)),
+            ("COMMIT AND CHAIN", Some(SavepointOp::Chain)),
+            ("end transaction and chain", Some(SavepointOp::Chain)),
+            // Not savepoint statements, or not alone in the text, or names
+            // pgrouter does not compare as PostgreSQL would.
+            ("SAVEPOINT \u{a0}a", None),
+            ("SAVEPOINT caf\u{e9}", None),
             ("ROLLBACK", None),
             ("ROLLBACK AND NO CHAIN", None),
-            ("COMMIT AND CHAIN", None),
+            ("COMMIT", None),
             ("SAVEPOINT", None),
             ("SAVEPOINT a; SET x = 1", None),
             ("SAVEPOINT a b", None),
@@ -210,6 +240,18 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(&savepoint_op(sql), expected, "{sql}");
         }
+    }
+
+    #[test]
+    fn names_longer_than_postgres_keeps_are_not_followed() {
+        // PostgreSQL truncates names to 63 bytes, so two long names may be one.
+        let longest = format!("s{}", "x".repeat(62));
+        assert_eq!(
+            savepoint_op(&format!("SAVEPOINT {longest}")),
+            Some(define(&longest))
+        );
+        assert_eq!(savepoint_op(&format!("SAVEPOINT {longest}1")), None);
+        assert_eq!(savepoint_op(&format!("SAVEPOINT \"{longest}1\"")), None);
     }
 
     #[test]

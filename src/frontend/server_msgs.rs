@@ -159,7 +159,15 @@ impl Session {
                 backend_tag::PARAMETER_STATUS if slot == PRIMARY => {
                     self.out.extend_from_slice(&frame.raw)
                 }
-                _ if self.open == Some(slot) => self.out.extend_from_slice(&frame.raw),
+                _ if self.open == Some(slot) => {
+                    // A section ended by Flush has no mark to count it on.
+                    let savepoint_answer =
+                        matches!(frame.body(), b"SAVEPOINT\0" | b"RELEASE\0" | b"ROLLBACK\0");
+                    if frame.tag == backend_tag::COMMAND_COMPLETE && savepoint_answer {
+                        self.lose_savepoints();
+                    }
+                    self.out.extend_from_slice(&frame.raw)
+                }
                 other => {
                     tracing::debug!(tag = %(other as char), "dropped an unsolicited server message")
                 }

@@ -117,30 +117,54 @@ impl Session {
             _ => Some(SavepointOp::Several),
         };
         let in_block = status != tx_status::IDLE;
-        let chained = in_block
-            && (mark.commit_tag == Some(true) || op == Some(SavepointOp::RollbackAndChain));
+        let chained = in_block && (mark.commit_tag == Some(true) || op == Some(SavepointOp::Chain));
         if ends_tx || chained {
-            if !self.tx_state.is_empty() {
+            if mark.commit_tag == Some(true) {
+                // A ROLLBACK TO just before the COMMIT, in the same batch.
+                if let Some(op) = op.filter(|op| *op != SavepointOp::Chain) {
+                    self.follow_savepoint(&op);
+                }
+            }
+            if !self.tx_state.is_empty() || self.tx_state_uncertain {
                 self.end_tx_state(slot, mark.commit_tag);
             }
             self.savepoints.clear();
             return;
         }
-        let Some(op) = op.filter(|_| in_block) else {
-            return;
-        };
-        match self.savepoints.apply(&op, self.tx_state.len()) {
+        if let Some(op) = op.filter(|_| in_block) {
+            self.follow_savepoint(&op);
+        }
+    }
+
+    /// A savepoint statement completed in the open block.
+    fn follow_savepoint(&mut self, op: &SavepointOp) {
+        match self.savepoints.apply(op, self.tx_state.len()) {
             Undo::Nothing => {}
-            Undo::From(first) => {
+            Undo::From(first) if first < self.tx_state.len() => {
                 // What a rollback does not undo (a SQL PREPARE) stays.
                 let mut index = 0;
                 self.tx_state.retain(|(_, survives)| {
                     index += 1;
                     index <= first || *survives
                 });
+                // The client's settings are right if pgrouter's savepoints
+                // match the server's; the connection's are not trusted, so no
+                // other client can get a setting this one still has there.
+                self.tx_state_uncertain = true;
             }
+            Undo::From(_) => {}
             Undo::Unknown if !self.tx_state.is_empty() => self.tx_state_uncertain = true,
             Undo::Unknown => {}
+        }
+    }
+
+    /// A savepoint statement's answer came outside any batch pgrouter follows
+    /// (a section ended by Flush): the block's savepoints are not known.
+    pub(super) fn lose_savepoints(&mut self) {
+        self.savepoints
+            .apply(&SavepointOp::Several, self.tx_state.len());
+        if !self.tx_state.is_empty() {
+            self.tx_state_uncertain = true;
         }
     }
 
