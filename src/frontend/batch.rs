@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SessionError;
 use super::local::{deallocated_statement, is_one_statement};
-use super::savepoints::{SavepointOp, savepoint_op};
+use super::savepoints::{SavepointOp, savepoint_of};
 use super::session::{Flow, PRIMARY, REPLICA, Session};
 use super::session_log::Forgotten;
 use crate::consistency::SettingError;
@@ -196,15 +196,6 @@ impl Batch {
         let several = self.savepoint.is_some();
         self.savepoint = Some(if several { SavepointOp::Several } else { op });
     }
-}
-
-/// The savepoint statement `text` is. Only looked for where the classifier
-/// puts them (the primary, as writes, with no transaction or session effect).
-fn savepoint_of(decision: &Decision, text: &str) -> Option<SavepointOp> {
-    let candidate = decision.route == Route::Primary
-        && decision.tx == TxEffect::None
-        && decision.session == SessionEffect::None;
-    candidate.then(|| savepoint_op(text)).flatten()
 }
 
 /// A write that may start COPY FROM STDIN (also inside a multi-statement text).

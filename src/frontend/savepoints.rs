@@ -11,6 +11,8 @@
 //! untrustworthy for the rest of the block, and a later rollback then leaves
 //! the block's outcome unknown.
 
+use crate::router::{Decision, Route, SessionEffect, TxEffect};
+
 /// What one statement does to the block's savepoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum SavepointOp {
@@ -96,6 +98,16 @@ impl Savepoints {
     fn find(&self, name: &str) -> Option<usize> {
         self.stack.iter().rposition(|(n, _)| n == name)
     }
+}
+
+/// The savepoint statement `text` is. Only looked for where the classifier
+/// puts them (the primary, as writes, with no transaction or session effect),
+/// so reads pay nothing.
+pub(super) fn savepoint_of(decision: &Decision, text: &str) -> Option<SavepointOp> {
+    let candidate = decision.route == Route::Primary
+        && decision.tx == TxEffect::None
+        && decision.session == SessionEffect::None;
+    candidate.then(|| savepoint_op(text)).flatten()
 }
 
 /// Longest name PostgreSQL keeps (NAMEDATALEN - 1); it truncates longer
