@@ -270,3 +270,47 @@ async fn assert_work_mem(stream: &mut tokio::net::TcpStream, expected: &str, wha
     let seen = first_value(&raw_query(stream, "SHOW work_mem").await);
     assert_eq!(seen.as_deref(), Some(expected), "{what}, on a replica");
 }
+
+/// Batches whose answers pgrouter cannot pin on one statement: a commit and a
+/// rollback in one query, and a pipelined ROLLBACK AND CHAIN skipped after an
+/// error behind a savepoint statement pgrouter does not read. The client keeps
+/// what PostgreSQL kept, and no other client gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_with_several_block_ends_never_leak_a_setting() {
+    let env = trust_env_with(one_connection_per_node).await;
+    let (mut b, _) = raw_login(env.addr).await;
+    // The first block commits the setting; the second, empty, rolls back.
+    let (mut a, _) = raw_login(env.addr).await;
+    for sql in [
+        "BEGIN",
+        "SET work_mem = '12MB'",
+        "COMMIT AND CHAIN; ROLLBACK",
+    ] {
+        let answer = raw_query(&mut a, sql).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{sql}");
+    }
+    assert_work_mem(&mut a, "12MB", "A after COMMIT AND CHAIN; ROLLBACK").await;
+    assert_work_mem(&mut b, "4MB", "B after A's two block ends").await;
+
+    // The ROLLBACK TO (with a comment pgrouter does not read) runs, the
+    // division fails, and the ROLLBACK AND CHAIN is skipped.
+    let (mut c, _) = raw_login(env.addr).await;
+    for sql in ["BEGIN", "SET work_mem = '31MB'", "SAVEPOINT b"] {
+        raw_query(&mut c, sql).await;
+    }
+    let mut messages = Vec::new();
+    for sql in ["ROLLBACK TO b /* c */", "SELECT 1/0", "ROLLBACK AND CHAIN"] {
+        messages.extend([parse("", sql), bind("", ""), execute("")]);
+    }
+    messages.push(sync());
+    send(&mut c, &concat(&messages)).await;
+    let answer = until_ready(&mut c, WAIT, "the pipeline").await;
+    assert_eq!(error_codes(&answer), vec!["22012".to_owned()]);
+    for sql in ["ROLLBACK TO b", "COMMIT"] {
+        let answer = raw_query(&mut c, sql).await;
+        assert_eq!(error_codes(&answer), Vec::<String>::new(), "{sql}");
+    }
+    assert_work_mem(&mut c, "31MB", "C after the skipped chain").await;
+    assert_work_mem(&mut b, "4MB", "B after C's skipped chain").await;
+    env.stop().await;
+}

@@ -36,6 +36,9 @@ pub(super) struct Mark {
     /// a known statement are followed, anything else loses track (see `savepoints`).
     pub savepoint: Option<super::savepoints::SavepointOp>,
     pub savepoint_answers: u32,
+    /// COMMIT and PREPARE TRANSACTION answers: more than one block end in a
+    /// batch leaves its settings' fate unknown.
+    pub commit_answers: u32,
     /// Pushed for an extended-protocol Sync (not a simple Query or fastpath call).
     pub extended: bool,
     /// The commit-position query follows: hold this ReadyForQuery until it answers.
@@ -73,6 +76,7 @@ impl Mark {
             state_before_end: false,
             savepoint: None,
             savepoint_answers: 0,
+            commit_answers: 0,
             extended,
             holds_ready: false,
             capture_after: false,
@@ -116,6 +120,8 @@ pub(super) struct Attached {
     /// Sync (a Flush-ended section): they go on the next Sync's mark.
     pub unsynced_created: Vec<(u64, Option<String>, String)>,
     pub unsynced_duplicates: Vec<(String, String)>,
+    /// A savepoint statement was sent after the last Sync (see `Mark::savepoint`).
+    pub unsynced_savepoint: bool,
 }
 
 impl Attached {
@@ -147,5 +153,6 @@ pub(super) fn attach(conn: PooledConn) -> Attached {
         deferred: Vec::new(),
         unsynced_created: Vec::new(),
         unsynced_duplicates: Vec::new(),
+        unsynced_savepoint: false,
     }
 }

@@ -147,9 +147,6 @@ impl Batch {
         if decision.route == Route::Primary {
             self.needs_primary = true;
         }
-        if let Some(op) = savepoint_of(decision, text) {
-            self.add_savepoint(op);
-        }
         if decision.writes {
             self.writes = true;
             self.copy_in |= may_copy_in(decision, text);
@@ -224,6 +221,9 @@ impl Session {
                 let decision = self.shared.classifier.classify(sql);
                 let mut batch = Batch::default();
                 batch.learn(&decision, sql);
+                if let Some(op) = savepoint_of(&decision, sql) {
+                    batch.add_savepoint(op);
+                }
                 if decision.session == SessionEffect::SetsState {
                     batch.forgotten = self.forget_dropped_statements(sql);
                 }

@@ -178,12 +178,19 @@ impl Session {
             // to complete it): the connection is not trusted as it is.
             attached.conn.conn.session_state = super::session_log::UNKNOWN_STATE;
         }
+        if last_mark.is_none() {
+            // Its answer may be counted on the next Sync's mark.
+            attached.unsynced_savepoint |= batch.savepoint.is_some();
+        }
         if let Some(index) = last_mark {
+            let after_unsynced = std::mem::take(&mut attached.unsynced_savepoint);
             if let Some(mark) = attached.marks.get_mut(index) {
-                // A setting beside a savepoint statement: which came first is
-                // not kept, so what the savepoint undid is not known.
+                // A setting beside a savepoint statement (which came first is
+                // not kept), or a savepoint statement in a section before
+                // this one's Sync: what the answers belong to is not known.
                 mark.savepoint = match batch.savepoint {
                     Some(_) if batch.state.is_some() => Some(SavepointOp::Several),
+                    _ if after_unsynced => Some(SavepointOp::Several),
                     op => op,
                 };
                 mark.state = batch.state;

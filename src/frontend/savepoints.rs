@@ -100,14 +100,27 @@ impl Savepoints {
     }
 }
 
+/// The classifier's reasons for savepoint statements and AND CHAIN (see
+/// `router::keywords`); `savepoint_statements_are_recognised` checks them.
+const SAVEPOINT_REASONS: [&str; 3] = ["savepoint", "rollback to savepoint", "commit and chain"];
+
 /// The savepoint statement `text` is. Only looked for where the classifier
 /// puts them (the primary, as writes, with no transaction or session effect),
-/// so reads pay nothing.
+/// so reads pay nothing. One the classifier knows but pgrouter cannot read (a
+/// comment inside, a name it does not follow) is `Several`: its answer must
+/// not be taken for another statement's.
 pub(super) fn savepoint_of(decision: &Decision, text: &str) -> Option<SavepointOp> {
     let candidate = decision.route == Route::Primary
         && decision.tx == TxEffect::None
         && decision.session == SessionEffect::None;
-    candidate.then(|| savepoint_op(text)).flatten()
+    if !candidate {
+        return None;
+    }
+    savepoint_op(text).or_else(|| {
+        SAVEPOINT_REASONS
+            .contains(&decision.reason)
+            .then_some(SavepointOp::Several)
+    })
 }
 
 /// Longest name PostgreSQL keeps (NAMEDATALEN - 1); it truncates longer
@@ -176,7 +189,9 @@ fn only_name(sql: &str) -> Option<String> {
     let name = if let Some(quoted) = sql.strip_prefix('"') {
         let inner = quoted.strip_suffix('"')?;
         // Doubled quotes are one quote; a lone one would end the name early.
-        if inner.replace("\"\"", "").contains('"') {
+        // Only ASCII: the server may count other characters in more bytes
+        // (another client encoding) and truncate where pgrouter does not.
+        if inner.replace("\"\"", "").contains('"') || !inner.is_ascii() {
             return None;
         }
         inner.replace("\"\"", "\"")
@@ -251,6 +266,32 @@ mod tests {
         ];
         for (sql, expected) in cases {
             assert_eq!(&savepoint_op(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn savepoint_statements_are_recognised() {
+        use crate::router::classify;
+        let cases: &[(&str, Option<SavepointOp>)] = &[
+            ("SAVEPOINT a", Some(define("a"))),
+            ("RELEASE a", Some(SavepointOp::Release("a".into()))),
+            ("ROLLBACK TO a", Some(SavepointOp::RollbackTo("a".into()))),
+            ("ROLLBACK AND CHAIN", Some(SavepointOp::Chain)),
+            ("COMMIT AND CHAIN", Some(SavepointOp::Chain)),
+            // Known to the classifier, not read by pgrouter.
+            ("ROLLBACK TO b /* c */", Some(SavepointOp::Several)),
+            ("/* c */ SAVEPOINT a", Some(SavepointOp::Several)),
+            ("SAVEPOINT \"caf\u{e9}\"", Some(SavepointOp::Several)),
+            ("release savepoint\ta\u{a0}", Some(SavepointOp::Several)),
+            // Not savepoint statements.
+            ("SELECT 1", None),
+            ("INSERT INTO t VALUES (1)", None),
+            ("COMMIT", None),
+            ("ROLLBACK", None),
+            ("SET work_mem = '1MB'", None),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(&savepoint_of(&classify(sql), sql), expected, "{sql}");
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::savepoints::SavepointOp;
 use super::server_statements::with_client_names;
 use super::session::{PRIMARY, Session};
 use crate::backend::BackendError;
@@ -98,6 +99,7 @@ impl Session {
                     let rollback = frame.body() == b"ROLLBACK\0";
                     mark.commit_tag = Some(!rollback);
                     mark.savepoint_answers += u32::from(rollback);
+                    mark.commit_answers += u32::from(!rollback);
                 }
             }
             backend_tag::COMMAND_COMPLETE
@@ -161,8 +163,15 @@ impl Session {
                 }
                 _ if self.open == Some(slot) => {
                     // A section ended by Flush has no mark to count it on.
-                    let savepoint_answer =
-                        matches!(frame.body(), b"SAVEPOINT\0" | b"RELEASE\0" | b"ROLLBACK\0");
+                    // So is a block's end there (a COMMIT AND CHAIN).
+                    let savepoint_answer = matches!(
+                        frame.body(),
+                        b"SAVEPOINT\0"
+                            | b"RELEASE\0"
+                            | b"ROLLBACK\0"
+                            | b"COMMIT\0"
+                            | b"PREPARE TRANSACTION\0"
+                    );
                     if frame.tag == backend_tag::COMMAND_COMPLETE && savepoint_answer {
                         self.lose_savepoints();
                     }
@@ -195,8 +204,12 @@ impl Session {
             mark.state = mark.state.or(earlier.state);
             mark.commit_tag = mark.commit_tag.or(earlier.commit_tag);
             mark.state_before_end |= earlier.state_before_end;
-            mark.savepoint = mark.savepoint.or(earlier.savepoint);
+            mark.savepoint = match (mark.savepoint.take(), earlier.savepoint) {
+                (Some(_), Some(_)) => Some(SavepointOp::Several),
+                (ours, theirs) => ours.or(theirs),
+            };
             mark.savepoint_answers += earlier.savepoint_answers;
+            mark.commit_answers += earlier.commit_answers;
             mark.forgotten.extend(earlier.forgotten);
             mark.created.extend(earlier.created);
         }

@@ -117,16 +117,36 @@ impl Session {
             _ => Some(SavepointOp::Several),
         };
         let in_block = status != tx_status::IDLE;
-        let chained = in_block && (mark.commit_tag == Some(true) || op == Some(SavepointOp::Chain));
+        let rolled_back_chain = op == Some(SavepointOp::Chain) && mark.commit_tag == Some(false);
+        // A COMMIT beside another block end or a savepoint statement pgrouter
+        // does not follow (COMMIT AND CHAIN; ROLLBACK): the last answer does
+        // not say which settings survived. Keep them all, trust no connection.
+        let followed = matches!(
+            op,
+            Some(SavepointOp::Define(_) | SavepointOp::Release(_) | SavepointOp::RollbackTo(_))
+        );
+        let mixed_ends = mark.commit_answers > 1
+            || (mark.commit_answers == 1 && mark.savepoint_answers > 0 && !followed);
+        // A chain seen as rolled back from its statement, not from the server's
+        // state: trusted no further than before pgrouter followed savepoints.
+        if mixed_ends || rolled_back_chain {
+            self.tx_state_uncertain = true;
+        }
+        let commit_tag = if mixed_ends {
+            Some(true)
+        } else {
+            mark.commit_tag
+        };
+        let chained = in_block && (commit_tag == Some(true) || rolled_back_chain);
         if ends_tx || chained {
-            if mark.commit_tag == Some(true) {
+            if commit_tag == Some(true) && followed {
                 // A ROLLBACK TO just before the COMMIT, in the same batch.
-                if let Some(op) = op.filter(|op| *op != SavepointOp::Chain) {
-                    self.follow_savepoint(&op);
+                if let Some(op) = &op {
+                    self.follow_savepoint(op);
                 }
             }
             if !self.tx_state.is_empty() || self.tx_state_uncertain {
-                self.end_tx_state(slot, mark.commit_tag);
+                self.end_tx_state(slot, commit_tag);
             }
             self.savepoints.clear();
             return;
