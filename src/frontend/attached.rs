@@ -34,7 +34,7 @@ pub(super) struct Mark {
     /// The batch's savepoint statement, and how many savepoint answers
     /// (SAVEPOINT, RELEASE, ROLLBACK) the server gave for it: one answer and
     /// a known statement are followed, anything else loses track (see `savepoints`).
-    pub savepoint: Option<super::savepoints::SavepointOp>,
+    pub savepoint: Option<Box<super::savepoints::SavepointOp>>,
     pub savepoint_answers: u32,
     /// COMMIT and PREPARE TRANSACTION answers: more than one block end in a
     /// batch leaves its settings' fate unknown.

@@ -131,8 +131,9 @@ pub(super) struct Batch {
     pub statements: u32,
     /// The LISTEN/UNLISTEN among them.
     pub listen: Option<ListenCommand>,
-    /// Its savepoint statement (see `savepoints`).
-    pub savepoint: Option<SavepointOp>,
+    /// Its savepoint statement (see `savepoints`), boxed: rare, and a
+    /// batch is moved several times a transaction.
+    pub savepoint: Option<Box<SavepointOp>>,
 }
 
 impl Batch {
@@ -191,7 +192,7 @@ impl Batch {
 impl Batch {
     fn add_savepoint(&mut self, op: SavepointOp) {
         let several = self.savepoint.is_some();
-        self.savepoint = Some(if several { SavepointOp::Several } else { op });
+        self.savepoint = Some(Box::new(if several { SavepointOp::Several } else { op }));
     }
 }
 

@@ -189,8 +189,8 @@ impl Session {
                 // not kept), or a savepoint statement in a section before
                 // this one's Sync: what the answers belong to is not known.
                 mark.savepoint = match batch.savepoint {
-                    Some(_) if batch.state.is_some() => Some(SavepointOp::Several),
-                    _ if after_unsynced => Some(SavepointOp::Several),
+                    Some(_) if batch.state.is_some() => Some(Box::new(SavepointOp::Several)),
+                    _ if after_unsynced => Some(Box::new(SavepointOp::Several)),
                     op => op,
                 };
                 mark.state = batch.state;

@@ -205,7 +205,7 @@ impl Session {
             mark.commit_tag = mark.commit_tag.or(earlier.commit_tag);
             mark.state_before_end |= earlier.state_before_end;
             mark.savepoint = match (mark.savepoint.take(), earlier.savepoint) {
-                (Some(_), Some(_)) => Some(SavepointOp::Several),
+                (Some(_), Some(_)) => Some(Box::new(SavepointOp::Several)),
                 (ours, theirs) => ours.or(theirs),
             };
             mark.savepoint_answers += earlier.savepoint_answers;

@@ -113,7 +113,7 @@ impl Session {
     pub(super) fn follow_block(&mut self, slot: usize, mark: &mut Mark, ends_tx: bool, status: u8) {
         let op = match (mark.savepoint.take(), mark.savepoint_answers) {
             (_, 0) => None,
-            (Some(op), 1) => Some(op),
+            (Some(op), 1) => Some(*op),
             _ => Some(SavepointOp::Several),
         };
         let in_block = status != tx_status::IDLE;
