@@ -68,15 +68,19 @@ stop_router1() {
     router1_pid=
 }
 trap 'status=$?; stop_router1; stop_null_relay; stop_bouncer; rm -rf "$bouncer_dir"; (exit $status); cleanup' EXIT
+# Waits up to 10 s until URL $1 answers; else dies naming $3 and its log $2.
+wait_answering() {
+    for _ in $(seq 1 100); do
+        "$PSQL" -X -At -d "$1" -c "SELECT 1" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "$3 did not start: $(tail -5 "$2")"
+}
 start_router1() {
     write_one_replica_config "$work/router1.toml" "$ROUTER1_PORT"
     "$PGROUTER" run --config "$work/router1.toml" >"$work/router1.log" 2>&1 &
     router1_pid=$!
-    for _ in $(seq 1 100); do
-        "$PSQL" -X -At -d "$ROUTER1_URL" -c "SELECT 1" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    die "the one-replica router did not start: $(tail -5 "$work/router1.log")"
+    wait_answering "$ROUTER1_URL" "$work/router1.log" "the one-replica router"
 }
 case " $TARGETS " in *" router1 "*) start_router1 ;; esac
 
@@ -96,11 +100,7 @@ start_null_relay() {
     "${target_dir:-${CARGO_TARGET_DIR:-target}}/release/examples/null_relay" \
         "127.0.0.1:$NULL_RELAY_PORT" "127.0.0.1:$REPLICA_PORT" >"$work/null_relay.log" 2>&1 &
     null_relay_pid=$!
-    for _ in $(seq 1 100); do
-        "$PSQL" -X -At -d "$NULL_RELAY_URL" -c "SELECT 1" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    die "the null relay did not start: $(tail -5 "$work/null_relay.log")"
+    wait_answering "$NULL_RELAY_URL" "$work/null_relay.log" "the null relay"
 }
 case " $TARGETS " in *" null-relay "*) start_null_relay ;; esac
 
