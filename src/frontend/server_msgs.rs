@@ -162,8 +162,8 @@ impl Session {
                     self.out.extend_from_slice(&frame.raw)
                 }
                 _ if self.open == Some(slot) => {
-                    // A section ended by Flush has no mark to count it on.
-                    // So is a block's end there (a COMMIT AND CHAIN).
+                    // A section ended by Flush has no mark to count a savepoint
+                    // answer or a block's end (COMMIT AND CHAIN) on.
                     let savepoint_answer = matches!(
                         frame.body(),
                         b"SAVEPOINT\0"

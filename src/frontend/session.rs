@@ -75,9 +75,10 @@ pub(crate) struct Session {
     /// Session-state statements that completed inside the open transaction
     /// block, and whether a ROLLBACK leaves them (see `end_tx_state`).
     pub(super) tx_state: Vec<(Arc<str>, bool)>,
-    /// A ROLLBACK TO SAVEPOINT that `savepoints` could not attribute came while
-    /// `tx_state` held settings: what the connection carries after the block
-    /// is not known.
+    /// What the connection carries after the block is not known for sure: a
+    /// ROLLBACK TO SAVEPOINT came that `savepoints` could not attribute, or
+    /// one that dropped settings, or one batch ended several blocks (see
+    /// `follow_block`). The block's connection is then cleaned before reuse.
     pub(super) tx_state_uncertain: bool,
     /// The savepoints of the open block, to know what a ROLLBACK TO undoes.
     pub(super) savepoints: super::savepoints::Savepoints,
