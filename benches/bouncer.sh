@@ -1,6 +1,15 @@
 # PgBouncer for the benchmark scripts in benches/, on the demo cluster that
 # benches/lib.sh started. Source it after lib.sh (it needs CLUSTER_PORT,
-# BOUNCER_PORT, DB_USER, DB_PASSWORD and lib.sh's `die` and `cleanup`).
+# BOUNCER_PORT, DB_USER, DB_PASSWORD, DIRECT_URL and lib.sh's `die`, `cleanup`
+# and $PSQL).
+#
+# Clients log in to PgBouncer as they log in to pgrouter, so neither proxy is
+# spared work the other does: BOUNCER_AUTH=scram-sha-256 (the default, like
+# pgrouter's default `auth`) or trust (for scripts that run pgrouter with
+# `auth = "trust"`). With SCRAM PgBouncer gets the server's verifier of
+# $DB_USER, as pgrouter derives one from its configured password once at
+# start-up; with a plain-text password PgBouncer would run PBKDF2 for every
+# login, a cost pgrouter does not pay.
 # Provides: ensure_pgbouncer, start_bouncer MODE POOL_SIZE [MAX_CLIENTS [SERVER_PORT]],
 # stop_bouncer, $bouncer_pid; stops PgBouncer on exit.
 
@@ -28,6 +37,7 @@ if [ "$(id -u)" -eq 0 ]; then
     chown postgres "$bouncer_dir"
 fi
 bouncer_pid=
+BOUNCER_AUTH=${BOUNCER_AUTH:-scram-sha-256}
 
 stop_bouncer() {
     if [ -n "$bouncer_pid" ]; then
@@ -50,7 +60,7 @@ postgres = host=127.0.0.1 port=$server_port dbname=postgres user=$DB_USER passwo
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir =
-auth_type = trust
+auth_type = $BOUNCER_AUTH
 auth_file = $bouncer_dir/userlist.txt
 pool_mode = $mode
 default_pool_size = $size
@@ -60,7 +70,13 @@ logfile = $bouncer_dir/pgbouncer.log
 pidfile = $bouncer_dir/pgbouncer.pid
 ignore_startup_parameters = extra_float_digits
 INI
-    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$bouncer_dir/userlist.txt"
+    local secret=$DB_PASSWORD
+    if [ "$BOUNCER_AUTH" = scram-sha-256 ]; then
+        secret=$("$PSQL" -X -At -d "$DIRECT_URL" -c "SELECT rolpassword FROM pg_authid WHERE rolname = '$DB_USER'") ||
+            die "could not read the SCRAM verifier of $DB_USER for PgBouncer"
+        case $secret in SCRAM-SHA-256\$*) ;; *) die "$DB_USER has no SCRAM verifier on the primary" ;; esac
+    fi
+    printf '"%s" "%s"\n' "$DB_USER" "$secret" >"$bouncer_dir/userlist.txt"
     rm -f "$bouncer_dir/pgbouncer.pid"
     # Room for every client's file descriptor.
     "${run_as[@]}" sh -c "ulimit -n $((max_clients + 1000)) 2>/dev/null; exec $PGBOUNCER -d $bouncer_dir/pgbouncer.ini" \

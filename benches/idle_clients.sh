@@ -43,6 +43,7 @@ rm -f "$config" # read by the demo at start-up
 # shellcheck source=benches/bouncer.sh
 . benches/bouncer.sh
 ensure_pgbouncer
+BOUNCER_AUTH=trust # as the router above
 start_bouncer transaction 20 "$((N + 100))"
 
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }

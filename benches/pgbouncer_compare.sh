@@ -19,6 +19,9 @@
 # client count (a session pool of 20 would leave 480 of 500 clients waiting for
 # the whole run); the table marks them "session". pgrouter stays in transaction
 # mode with 20 connections per node in every cell.
+# pgbench logs in with SCRAM-SHA-256 to every target (to PgBouncer as set up
+# in benches/bouncer.sh; the demo cluster's servers ask for it too), so each
+# pays the same per-connection cost.
 #
 # Environment (all optional): DURATION (10), REPEAT (3), CLIENTS ("1 16 500"),
 # WORKLOADS ("select-only tpcb-like"), MODES ("simple prepared"), SCALE (10),
