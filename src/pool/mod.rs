@@ -13,6 +13,7 @@
 //! wait queue are tokio's `Semaphore`. It must not look inside the traffic.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,13 @@ struct Slot {
     /// Where its connections go (the key's host and port, the node's name).
     addr: NodeAddr,
     permits: Arc<Semaphore>,
+    /// `pool_size` when the pool was made (the semaphore's permits).
+    size: usize,
+    /// Checkouts waiting for a place now, and those that gave up at
+    /// `checkout_timeout` so far: for the admin console. Touched only on the
+    /// slow path, when no place was free.
+    waiting: AtomicUsize,
+    timeouts: AtomicU64,
     /// Boxed: a connection moves through the pool, the session and back on
     /// every transaction, so it moves as a pointer, not ~300 bytes.
     #[allow(
@@ -171,6 +179,9 @@ impl Pools {
                     node: key.node,
                     addr,
                     permits: Arc::new(Semaphore::new(size)),
+                    size,
+                    waiting: AtomicUsize::new(0),
+                    timeouts: AtomicU64::new(0),
                     idle: Mutex::new(Vec::new()),
                     template: OnceLock::new(),
                 });
@@ -196,18 +207,25 @@ impl Pools {
         // copied each time (a connect alone is ~1 KB), used or not.
         let permit = match slot.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => Box::pin(tokio::time::timeout(
-                settings.checkout_timeout,
-                slot.permits.clone().acquire_owned(),
-            ))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| PoolError::Exhausted {
-                node: addr.name.clone(),
-                waited: settings.checkout_timeout,
-                size: settings.pool_size,
-            })?,
+            Err(_) => {
+                let waiter = Waiting::new(slot);
+                let permit = Box::pin(tokio::time::timeout(
+                    settings.checkout_timeout,
+                    slot.permits.clone().acquire_owned(),
+                ))
+                .await
+                .ok()
+                .and_then(Result::ok);
+                drop(waiter);
+                permit.ok_or_else(|| {
+                    slot.timeouts.fetch_add(1, Ordering::Relaxed);
+                    PoolError::Exhausted {
+                        node: addr.name.clone(),
+                        waited: settings.checkout_timeout,
+                        size: settings.pool_size,
+                    }
+                })?
+            }
         };
         slot.template.get_or_init(|| Template {
             login: login.clone(),
@@ -261,6 +279,28 @@ impl Pools {
         }
     }
 
+    /// Every pool's state now, by node, user and database (the admin console's
+    /// `SHOW POOLS`). Counts are read one by one, without stopping checkouts.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats: Vec<PoolStats> = slots
+            .iter()
+            .map(|(key, slot)| PoolStats {
+                node: key.node,
+                node_name: slot.addr.name.clone(),
+                user: key.user.clone(),
+                database: key.database.clone(),
+                size: slot.size,
+                in_use: slot.size.saturating_sub(slot.permits.available_permits()),
+                idle: slot.idle().len(),
+                waiting: slot.waiting.load(Ordering::Relaxed),
+                timeouts: slot.timeouts.load(Ordering::Relaxed),
+            })
+            .collect();
+        stats.sort_by(|a, b| (a.node, &a.user, &a.database).cmp(&(b.node, &b.user, &b.database)));
+        stats
+    }
+
     fn all_slots(&self) -> Vec<Arc<Slot>> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.values().cloned().collect()
@@ -276,6 +316,43 @@ impl Pools {
                 top_up(&slot, template, settings).await;
             }
         }
+    }
+}
+
+/// One pool's state, for the admin console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The node's position in the config, and its name.
+    pub node: usize,
+    pub node_name: String,
+    pub user: String,
+    pub database: String,
+    /// Most connections it may hold (`pool_size` when it was made).
+    pub size: usize,
+    /// Connections checked out by sessions, or being opened for one.
+    pub in_use: usize,
+    /// Open connections waiting for a session.
+    pub idle: usize,
+    /// Sessions waiting for a place now.
+    pub waiting: usize,
+    /// Checkouts that gave up at `checkout_timeout` (53300) so far.
+    pub timeouts: u64,
+}
+
+/// Counts a checkout as waiting while it lives, however the wait ends
+/// (a place, the timeout, or the session going away mid-wait).
+struct Waiting<'a>(&'a Slot);
+
+impl<'a> Waiting<'a> {
+    fn new(slot: &'a Slot) -> Self {
+        slot.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(slot)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
