@@ -76,6 +76,11 @@ impl Stats {
             .is_ok()
     }
 
+    /// How long this router has run.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Statements a replica refused and the primary re-ran.
     pub fn misrouted(&self) -> u64 {
         self.misrouted.load(Ordering::Relaxed)

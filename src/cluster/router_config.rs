@@ -25,7 +25,8 @@ impl Cluster {
     }
 
     /// A config with the built-in defaults, the cluster's superuser as the one
-    /// login (SCRAM-SHA-256 on both sides), the cluster's nodes, listening on `listen`.
+    /// login (SCRAM-SHA-256 on both sides) and admin console user, the
+    /// cluster's nodes, listening on `listen`.
     pub fn router_config(&self, listen: &str) -> Result<Config, ConfigError> {
         let template = format!(
             "listen = {listen:?}\n[[users]]\nname = {:?}\npassword = {:?}\n",
@@ -34,6 +35,8 @@ impl Cluster {
         );
         let mut config = Config::parse_unvalidated(&template, "cluster router config")?;
         config.nodes = self.router_nodes();
+        // The login is the cluster's superuser: it may use the admin console too.
+        config.admin.users = vec![self.superuser().to_owned()];
         config.validate()?;
         Ok(config)
     }

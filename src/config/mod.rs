@@ -79,6 +79,9 @@ pub struct Config {
     /// Read-your-writes: what a session's reads may see after its writes.
     #[serde(default)]
     pub consistency: ConsistencyConfig,
+    /// The admin console (off unless `admin.users` names someone).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// Half the cores, at least one (see `Config::worker_threads`).
@@ -294,6 +297,17 @@ impl Config {
                     format!("duplicate user {:?}", user.name),
                 ));
             }
+        }
+        for (i, admin) in self.admin.users.iter().enumerate() {
+            if self.user(admin).is_none() {
+                return Err(invalid(
+                    format!("admin.users[{i}]"),
+                    format!("{admin:?} is not one of the [[users]]"),
+                ));
+            }
+        }
+        if self.admin.database.is_empty() {
+            return Err(invalid("admin.database", "must not be empty"));
         }
         if self.worker_threads == Some(0) {
             return Err(invalid("worker_threads", "must be at least 1"));

@@ -315,3 +315,31 @@ impl Default for ConsistencyConfig {
         }
     }
 }
+
+/// The admin console: a virtual database answering `SHOW POOLS`, `SHOW NODES`
+/// and the like (see the `admin` module), as PgBouncer's `pgbouncer` database does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Users (from `[[users]]`, logging in as usual) who may connect to the
+    /// console. Empty (the default) turns the console off, and a database of
+    /// that name is then an ordinary database on the servers.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// The database name clients connect to for the console.
+    #[serde(default = "default_admin_database")]
+    pub database: String,
+}
+
+fn default_admin_database() -> String {
+    "pgrouter".to_owned()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            database: default_admin_database(),
+        }
+    }
+}

@@ -127,3 +127,22 @@ fn consistency_section() {
         assert!(Config::from_toml(&text, "test").is_err(), "{bad}");
     }
 }
+
+#[test]
+fn admin_console_is_off_by_default_and_its_users_must_exist() {
+    let config = Config::from_toml(MINIMAL, "test").unwrap();
+    assert!(config.admin.users.is_empty());
+    assert_eq!(config.admin.database, "pgrouter");
+    let on = format!("{MINIMAL}\n[admin]\nusers = [\"app\"]\ndatabase = \"console\"\n");
+    let config = Config::from_toml(&on, "test").unwrap();
+    assert_eq!(config.admin.users, ["app"]);
+    assert_eq!(config.admin.database, "console");
+    let stranger = format!("{MINIMAL}\n[admin]\nusers = [\"root\"]\n");
+    let err = Config::from_toml(&stranger, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("admin.users[0]") && err.contains("root"),
+        "{err}"
+    );
+}

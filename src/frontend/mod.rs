@@ -79,6 +79,8 @@ pub enum SessionError {
 /// A client that logged in, ready for its session.
 struct LoggedIn {
     login: Login,
+    /// The name the client logged in with (`login.user` is the server login).
+    client_user: String,
     pool_mode: crate::config::PoolMode,
     reader: FramedReader<tokio::net::tcp::OwnedReadHalf>,
     write: tokio::net::tcp::OwnedWriteHalf,
@@ -99,14 +101,37 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     };
     let Some(LoggedIn {
         login,
+        client_user,
         pool_mode,
         reader,
-        write,
-        out,
+        mut write,
+        mut out,
     }) = logged_in
     else {
         return Ok(());
     };
+    let admin = crate::admin::access(&shared.config.load(), &login.database, &client_user);
+    match admin {
+        crate::admin::Access::NotAdmin => {}
+        crate::admin::Access::Allowed => {
+            return crate::admin::serve(shared.clone(), reader, write, out).await;
+        }
+        crate::admin::Access::Refused => {
+            // After AuthenticationOk, as PostgreSQL refuses a database the
+            // user may not connect to.
+            let message = format!(
+                "user {client_user:?} may not use the pgrouter admin console (admin.users)"
+            );
+            build::error_response(
+                &mut out,
+                Severity::Fatal,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                &message,
+            );
+            let _ = write.write_all(&out).await;
+            return Err(SessionError::ClientProtocol(message));
+        }
+    }
     session::Session::start(shared.clone(), login, pool_mode, reader, write, out).await
 }
 
@@ -186,6 +211,7 @@ async fn log_in(
         .unwrap_or(config.pool.mode);
     Ok(Some(LoggedIn {
         login,
+        client_user,
         pool_mode,
         reader,
         write,

@@ -9,7 +9,8 @@ use pgwire::messages::data::{
 };
 use pgwire::messages::extendedquery::{BindComplete, CloseComplete, ParseComplete};
 use pgwire::messages::response::{
-    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery,
+    TransactionStatus,
 };
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
@@ -185,6 +186,50 @@ pub fn show_result(buf: &mut BytesMut, name: &str, value: Option<&str>) {
     encode(PgWireBackendMessage::DataRow(DataRow::new(data, 1)), buf);
     encode(
         PgWireBackendMessage::CommandComplete(CommandComplete::new("SHOW".to_owned())),
+        buf,
+    );
+}
+
+/// A result pgrouter answers itself (the admin console): text columns, rows
+/// (`None` is NULL) and CommandComplete `tag`; ReadyForQuery is the caller's.
+pub fn text_rows(buf: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>], tag: &str) {
+    let fields = columns
+        .iter()
+        .map(|name| FieldDescription::new((*name).to_owned(), 0, 0, TEXT_OID, -1, -1, 0))
+        .collect();
+    encode(
+        PgWireBackendMessage::RowDescription(RowDescription::new(fields)),
+        buf,
+    );
+    for row in rows {
+        let mut data = BytesMut::new();
+        for value in row {
+            match value {
+                // Values are short (names, counters, LSNs): the length always fits.
+                Some(text) => {
+                    let len = i32::try_from(text.len()).unwrap_or(i32::MAX);
+                    data.extend_from_slice(&len.to_be_bytes());
+                    data.extend_from_slice(text.as_bytes());
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let count = i16::try_from(row.len()).unwrap_or(i16::MAX);
+        encode(
+            PgWireBackendMessage::DataRow(DataRow::new(data, count)),
+            buf,
+        );
+    }
+    encode(
+        PgWireBackendMessage::CommandComplete(CommandComplete::new(tag.to_owned())),
+        buf,
+    );
+}
+
+/// The answer to a Query whose text is empty (or only whitespace and `;`).
+pub fn empty_query_response(buf: &mut BytesMut) {
+    encode(
+        PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()),
         buf,
     );
 }

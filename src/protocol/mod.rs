@@ -92,4 +92,6 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const UNDEFINED_COLUMN: &str = "42703";
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }

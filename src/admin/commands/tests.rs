@@ -1,0 +1,159 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::monitor::NodeState;
+
+#[test]
+fn commands_are_read_loosely_and_unknown_ones_named() {
+    let cases: &[(&str, Result<Option<Command>, ()>)] = &[
+        ("SHOW POOLS", Ok(Some(Command::Pools))),
+        ("  show   pools ;; ", Ok(Some(Command::Pools))),
+        ("Show Nodes;", Ok(Some(Command::Nodes))),
+        ("SHOW\tSTATS", Ok(Some(Command::Stats))),
+        ("show version", Ok(Some(Command::Version))),
+        ("SHOW HELP", Ok(Some(Command::Help))),
+        ("help;", Ok(Some(Command::Help))),
+        ("", Ok(None)),
+        (" ; ", Ok(None)),
+        ("SHOW", Err(())),
+        ("SHOW POOLS EXTRA", Err(())),
+        ("SHOW POOLS; SHOW NODES", Err(())),
+        ("SELECT 1", Err(())),
+        ("SHOW\u{a0}POOLS", Err(())),
+    ];
+    for (text, expected) in cases {
+        let got = parse(text);
+        match (expected, &got) {
+            (Ok(command), Ok(parsed)) => assert_eq!(parsed, command, "{text:?}"),
+            (Err(()), Err(message)) => {
+                assert!(message.contains("SHOW HELP"), "{text:?}: {message}")
+            }
+            _ => panic!("{text:?}: {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_command_it_parses() {
+    let table = answer(Command::Help, &snapshot(&topology()));
+    assert_eq!(table.columns, ["command", "shows"]);
+    for row in &table.rows {
+        let words = row[0].as_deref().unwrap();
+        assert!(matches!(parse(words), Ok(Some(_))), "{words}");
+    }
+    assert_eq!(table.rows.len(), COMMANDS.len());
+}
+
+fn topology() -> Topology {
+    let mut primary = NodeState::unmeasured("primary", "10.0.0.1", 5432, NodeRole::Primary);
+    primary.in_recovery = Some(false);
+    primary.lsn = Some(0x1_0000_0010);
+    let mut fresh = NodeState::unmeasured("r0", "10.0.0.2", 5432, NodeRole::Replica);
+    fresh.in_recovery = Some(true);
+    fresh.lsn = Some(0x1_0000_0000);
+    fresh.lag_bytes = Some(16);
+    fresh.lag_time = Some(Duration::from_millis(250));
+    fresh.admitted = true;
+    let mut down = NodeState::unmeasured("r1", "10.0.0.3", 5433, NodeRole::Replica);
+    down.up = false;
+    down.admitted = true;
+    down.error = Some("connection refused".to_owned());
+    Topology {
+        nodes: vec![primary, fresh, down],
+        primary: 0,
+        primary_available: true,
+        generation: 7,
+    }
+}
+
+fn snapshot(topology: &Topology) -> Snapshot<'_> {
+    Snapshot {
+        topology,
+        routed: vec![5, 30, 0],
+        pools: vec![PoolStats {
+            node: 1,
+            node_name: "r0".to_owned(),
+            user: "app".to_owned(),
+            database: "shop".to_owned(),
+            size: 20,
+            in_use: 3,
+            idle: 2,
+            waiting: 1,
+            timeouts: 4,
+        }],
+        clients: 12,
+        misrouted: 1,
+        read_retries: 2,
+        cache: CacheStats {
+            entries: 3,
+            capacity: 10_000,
+            hits: 90,
+            misses: 3,
+        },
+        uptime: Duration::from_secs(61),
+        now: Instant::now(),
+    }
+}
+
+fn text(values: &[Option<&str>]) -> Vec<Option<String>> {
+    values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+#[test]
+fn nodes_show_roles_health_lag_and_routed_statements() {
+    let topology = topology();
+    let table = answer(Command::Nodes, &snapshot(&topology));
+    let column = |name: &str| table.columns.iter().position(|c| *c == name).unwrap();
+    let row = |i: usize, name: &str| table.rows[i][column(name)].clone();
+    assert_eq!(table.rows.len(), 3);
+    assert_eq!(row(0, "acting_as").as_deref(), Some("primary"));
+    assert_eq!(row(0, "lsn").as_deref(), Some("1/10"));
+    assert_eq!(row(0, "takes_reads").as_deref(), Some("false"));
+    assert_eq!(row(0, "routed").as_deref(), Some("5"));
+    assert_eq!(row(1, "address").as_deref(), Some("10.0.0.2:5432"));
+    assert_eq!(row(1, "acting_as").as_deref(), Some("replica"));
+    assert_eq!(row(1, "takes_reads").as_deref(), Some("true"));
+    assert_eq!(row(1, "lag_bytes").as_deref(), Some("16"));
+    assert_eq!(row(1, "lag_ms").as_deref(), Some("250"));
+    // Down: no reads even if its last measurement admitted it; unmeasured
+    // values are NULL, not zero.
+    assert_eq!(row(2, "up").as_deref(), Some("false"));
+    assert_eq!(row(2, "takes_reads").as_deref(), Some("false"));
+    assert_eq!(row(2, "acting_as").as_deref(), Some("unknown"));
+    assert_eq!(row(2, "lag_bytes"), None);
+    assert_eq!(row(2, "measured_ms_ago"), None);
+    assert_eq!(row(2, "last_error").as_deref(), Some("connection refused"));
+}
+
+#[test]
+fn pools_and_stats_show_their_counters() {
+    let topology = topology();
+    let snapshot = snapshot(&topology);
+    let pools = answer(Command::Pools, &snapshot);
+    assert_eq!(
+        pools.rows,
+        vec![text(&[
+            Some("r0"),
+            Some("app"),
+            Some("shop"),
+            Some("20"),
+            Some("3"),
+            Some("2"),
+            Some("1"),
+            Some("4")
+        ])]
+    );
+    let stats = answer(Command::Stats, &snapshot);
+    let stat = |name: &str| {
+        stats
+            .rows
+            .iter()
+            .find(|r| r[0].as_deref() == Some(name))
+            .and_then(|r| r[1].clone())
+    };
+    assert_eq!(stat("clients").as_deref(), Some("12"));
+    assert_eq!(stat("statements_routed").as_deref(), Some("35"));
+    assert_eq!(stat("writes_rerun_on_primary").as_deref(), Some("1"));
+    assert_eq!(stat("classifier_cache_hits").as_deref(), Some("90"));
+    assert_eq!(stat("uptime_s").as_deref(), Some("61"));
+}

@@ -1,0 +1,219 @@
+//! The admin console against the real cluster: what `SHOW NODES`, `SHOW POOLS`
+//! and `SHOW STATS` report while clients use the router (a client waiting for a
+//! full pool, one that gave up), errors that leave the console usable, and who
+//! may log in to it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use pgrouter::config::{Config, PoolMode, UserConfig};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// Connects to database `dbname` through the router as `user`.
+async fn connect(
+    env: &common::TestEnv,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname={dbname}",
+        env.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&dsn, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn console(env: &common::TestEnv) -> Client {
+    let (user, password) = (env.cluster.superuser(), env.cluster.password());
+    connect(env, user, password, "pgrouter")
+        .await
+        .expect("the cluster's superuser may use the console")
+}
+
+/// A console answer as (column name -> value) maps, one per row.
+async fn show(console: &Client, command: &str) -> Vec<Vec<(String, Option<String>)>> {
+    let messages = console
+        .simple_query(command)
+        .await
+        .unwrap_or_else(|err| panic!("{command}: {err}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                row.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn field<'a>(row: &'a [(String, Option<String>)], name: &str) -> &'a str {
+    row.iter()
+        .find(|(column, _)| column == name)
+        .and_then(|(_, value)| value.as_deref())
+        .unwrap_or_else(|| panic!("no value in column {name}: {row:?}"))
+}
+
+/// Polls `SHOW POOLS` until the primary's pool row satisfies `done`.
+async fn primary_pool_until(
+    console: &Client,
+    done: impl Fn(&[(String, Option<String>)]) -> bool,
+) -> Vec<(String, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = show(console, "SHOW POOLS").await;
+        let primary = rows.into_iter().find(|row| field(row, "node") == "primary");
+        match primary {
+            Some(row) if done(&row) => return row,
+            last if Instant::now() > deadline => panic!("primary pool never got there: {last:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_nodes_pools_and_stats_as_clients_use_the_router() {
+    let env = common::start_with(|config: &mut Config| {
+        config.pool.mode = PoolMode::Transaction;
+        config.pool.pool_size = 1;
+        config.pool.checkout_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let console = console(&env).await;
+
+    // Nodes: every server, the primary acting as one, replicas taking reads
+    // once the monitor has measured them.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let nodes = loop {
+        let nodes = show(&console, "show nodes;").await;
+        let replicas_read = nodes
+            .iter()
+            .filter(|n| field(n, "role") == "replica")
+            .all(|n| field(n, "takes_reads") == "true");
+        if replicas_read || Instant::now() > deadline {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names: Vec<&str> = nodes.iter().map(|n| field(n, "name")).collect();
+    assert_eq!(names, ["primary", "replica0", "replica1"]);
+    assert_eq!(field(&nodes[0], "acting_as"), "primary");
+    for replica in &nodes[1..] {
+        assert_eq!(field(replica, "acting_as"), "replica", "{replica:?}");
+        assert_eq!(field(replica, "takes_reads"), "true", "{replica:?}");
+        assert!(field(replica, "lag_bytes").parse::<u64>().is_ok());
+    }
+
+    // A client in a transaction holds the primary's one connection; a second
+    // one waits for it (counted), then gives up at checkout_timeout (counted).
+    // (Clients log in first: a login takes a primary connection for a moment.)
+    let holder = env.client().await;
+    let waiter = env.client().await;
+    let reader = env.client().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let held = primary_pool_until(&console, |p| field(p, "in_use") == "1").await;
+    assert_eq!(field(&held, "size"), "1");
+    assert_eq!(field(&held, "user"), env.cluster.superuser());
+    assert_eq!(field(&held, "database"), "postgres");
+    let waiting = tokio::spawn(async move { waiter.batch_execute("BEGIN; SELECT 2").await });
+    primary_pool_until(&console, |p| field(p, "waiting") == "1").await;
+    let gave_up = waiting.await.unwrap().expect_err("the pool stays full");
+    assert_eq!(gave_up.code().map(|c| c.code()), Some("53300"), "{gave_up}");
+    let after = primary_pool_until(&console, |p| field(p, "waiting") == "0").await;
+    assert_eq!(field(&after, "timeouts"), "1");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let released = primary_pool_until(&console, |p| field(p, "in_use") == "0").await;
+    assert_eq!(field(&released, "idle"), "1");
+
+    // Stats count the clients connected now (the console is one) and what was routed.
+    reader.simple_query("SELECT 1").await.unwrap();
+    let stats = show(&console, "SHOW STATS").await;
+    let stat = |name: &str| -> u64 {
+        let row = stats
+            .iter()
+            .find(|r| field(r, "name") == name)
+            .unwrap_or_else(|| panic!("no {name} in {stats:?}"));
+        field(row, "value").parse().unwrap()
+    };
+    assert!(stat("clients") >= 3, "{stats:?}");
+    assert!(stat("statements_routed") >= 3, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_answers_its_users_only_and_stays_usable_after_errors() {
+    let env = common::start_with(|config: &mut Config| {
+        // A second login to the same server role, not an admin.
+        config.users.push(UserConfig {
+            name: "app".to_owned(),
+            password: Some("app-secret".to_owned()),
+            server_user: Some(config.users[0].name.clone()),
+            server_password: config.users[0].password.clone(),
+            pool_mode: None,
+        });
+    })
+    .await;
+    let console = console(&env).await;
+
+    // An unknown command and an extended-protocol query are errors; the
+    // console answers the next command.
+    let unknown = console.simple_query("SHOW TABLES").await.unwrap_err();
+    assert_eq!(unknown.code().map(|c| c.code()), Some("42601"), "{unknown}");
+    let extended = console.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(
+        extended.code().map(|c| c.code()),
+        Some("0A000"),
+        "{extended}"
+    );
+    let version = show(&console, "SHOW VERSION").await;
+    assert!(
+        field(&version[0], "version").starts_with("pgrouter "),
+        "{version:?}"
+    );
+    let help = show(&console, "HELP").await;
+    assert!(
+        help.iter().any(|row| field(row, "command") == "SHOW POOLS"),
+        "{help:?}"
+    );
+
+    // A user not in admin.users is refused after logging in (42501); a wrong
+    // password is refused as for any database.
+    let refused = connect(&env, "app", "app-secret", "pgrouter")
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code().map(|c| c.code()), Some("42501"), "{refused}");
+    let bad_password = connect(&env, env.cluster.superuser(), "wrong", "pgrouter")
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        bad_password.code().map(|c| c.code()),
+        Some("28P01"),
+        "{bad_password}"
+    );
+    // The same user reaches ordinary databases as usual.
+    let app = connect(&env, "app", "app-secret", "postgres")
+        .await
+        .unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+
+    // With admin.users emptied by a reload, "pgrouter" is an ordinary database
+    // name again: the server answers that it does not exist.
+    let mut config = (*env.handle.config()).clone();
+    config.admin.users.clear();
+    env.handle.reload(config).unwrap();
+    let (user, password) = (env.cluster.superuser(), env.cluster.password());
+    let ordinary = connect(&env, user, password, "pgrouter").await;
+    let err = match ordinary {
+        Ok(client) => client.simple_query("SELECT 1").await.unwrap_err(),
+        Err(err) => err,
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("3D000"), "{err}");
+}
