@@ -85,7 +85,8 @@ async fn the_console_shows_nodes_pools_and_stats_as_clients_use_the_router() {
     let env = common::start_with(|config: &mut Config| {
         config.pool.mode = PoolMode::Transaction;
         config.pool.pool_size = 1;
-        config.pool.checkout_timeout = Duration::from_secs(2);
+        // Long enough for the console to see the waiting client on a busy machine.
+        config.pool.checkout_timeout = Duration::from_secs(5);
     })
     .await;
     let console = console(&env).await;
@@ -117,14 +118,18 @@ async fn the_console_shows_nodes_pools_and_stats_as_clients_use_the_router() {
     // one waits for it (counted), then gives up at checkout_timeout (counted).
     // (Clients log in first: a login takes a primary connection for a moment.)
     let holder = env.client().await;
-    let waiter = env.client().await;
+    // Shared with its task, so it stays connected (and counted) after it.
+    let waiter = std::sync::Arc::new(env.client().await);
     let reader = env.client().await;
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let held = primary_pool_until(&console, |p| field(p, "in_use") == "1").await;
     assert_eq!(field(&held, "size"), "1");
     assert_eq!(field(&held, "user"), env.cluster.superuser());
     assert_eq!(field(&held, "database"), "postgres");
-    let waiting = tokio::spawn(async move { waiter.batch_execute("BEGIN; SELECT 2").await });
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.batch_execute("BEGIN; SELECT 2").await }
+    });
     primary_pool_until(&console, |p| field(p, "waiting") == "1").await;
     let gave_up = waiting.await.unwrap().expect_err("the pool stays full");
     assert_eq!(gave_up.code().map(|c| c.code()), Some("53300"), "{gave_up}");
@@ -134,18 +139,35 @@ async fn the_console_shows_nodes_pools_and_stats_as_clients_use_the_router() {
     let released = primary_pool_until(&console, |p| field(p, "in_use") == "0").await;
     assert_eq!(field(&released, "idle"), "1");
 
-    // Stats count the clients connected now (the console is one) and what was routed.
-    reader.simple_query("SELECT 1").await.unwrap();
-    let stats = show(&console, "SHOW STATS").await;
-    let stat = |name: &str| -> u64 {
-        let row = stats
-            .iter()
-            .find(|r| field(r, "name") == name)
-            .unwrap_or_else(|| panic!("no {name} in {stats:?}"));
-        field(row, "value").parse().unwrap()
-    };
-    assert!(stat("clients") >= 3, "{stats:?}");
-    assert!(stat("statements_routed") >= 3, "{stats:?}");
+    // Stats count the statements routed and the clients connected, exactly.
+    let before = stats(&console).await;
+    for _ in 0..3 {
+        reader.simple_query("SELECT 1").await.unwrap();
+    }
+    let more = [env.client().await, env.client().await];
+    let after = stats(&console).await;
+    let delta = |name: &str| after[name] - before[name];
+    assert_eq!(delta("statements_routed"), 3, "{before:?} -> {after:?}");
+    assert_eq!(
+        delta("clients"),
+        more.len() as i64,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(delta("writes_rerun_on_primary"), 0);
+}
+
+/// SHOW STATS as numbers by name.
+async fn stats(console: &Client) -> std::collections::HashMap<String, i64> {
+    show(console, "SHOW STATS")
+        .await
+        .iter()
+        .filter_map(|row| {
+            Some((
+                field(row, "name").to_owned(),
+                field(row, "value").parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +200,12 @@ async fn the_console_answers_its_users_only_and_stays_usable_after_errors() {
         field(&version[0], "version").starts_with("pgrouter "),
         "{version:?}"
     );
+    // What drivers send on their own is accepted.
+    console
+        .batch_execute("SET extra_float_digits = 3; BEGIN")
+        .await
+        .unwrap();
+    console.batch_execute("COMMIT").await.unwrap();
     let help = show(&console, "HELP").await;
     assert!(
         help.iter().any(|row| field(row, "command") == "SHOW POOLS"),
@@ -206,9 +234,12 @@ async fn the_console_answers_its_users_only_and_stays_usable_after_errors() {
 
     // With admin.users emptied by a reload, "pgrouter" is an ordinary database
     // name again: the server answers that it does not exist.
+    // The open console session ends at its next command.
     let mut config = (*env.handle.config()).clone();
     config.admin.users.clear();
     env.handle.reload(config).unwrap();
+    let ended = console.simple_query("SHOW POOLS").await.unwrap_err();
+    assert_eq!(ended.code().map(|c| c.code()), Some("42501"), "{ended}");
     let (user, password) = (env.cluster.superuser(), env.cluster.password());
     let ordinary = connect(&env, user, password, "pgrouter").await;
     let err = match ordinary {

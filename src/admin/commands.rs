@@ -18,7 +18,23 @@ pub enum Command {
     Nodes,
     Stats,
     Version,
+    /// A statement drivers send on their own (`SET extra_float_digits`, a
+    /// `BEGIN` before the first query): accepted, changes nothing, answered
+    /// with this command tag, as PgBouncer's console fakes `SET`.
+    Ignored(&'static str),
 }
+
+/// First words of the statements answered as [`Command::Ignored`], and their tags.
+const IGNORED: &[(&str, &str)] = &[
+    ("SET", "SET"),
+    ("RESET", "RESET"),
+    ("BEGIN", "BEGIN"),
+    ("START", "START TRANSACTION"),
+    ("COMMIT", "COMMIT"),
+    ("END", "COMMIT"),
+    ("ROLLBACK", "ROLLBACK"),
+    ("ABORT", "ROLLBACK"),
+];
 
 /// Each command's words and what it shows (`SHOW HELP`'s rows, in order).
 const COMMANDS: &[(Command, &str, &str)] = &[
@@ -42,6 +58,7 @@ const COMMANDS: &[(Command, &str, &str)] = &[
 ];
 
 /// Reads one command: case and spacing are free, trailing `;` are dropped.
+/// The ignored statements are known by their first word alone.
 /// `Ok(None)` for an empty query; `Err` names what was not understood.
 pub fn parse(text: &str) -> Result<Option<Command>, String> {
     let words: Vec<String> = text
@@ -52,6 +69,9 @@ pub fn parse(text: &str) -> Result<Option<Command>, String> {
         .collect();
     if words.is_empty() {
         return Ok(None);
+    }
+    if let Some((_, tag)) = IGNORED.iter().find(|(first, _)| *first == words[0]) {
+        return Ok(Some(Command::Ignored(tag)));
     }
     let spoken = words.join(" ");
     if spoken == "HELP" {
@@ -80,6 +100,9 @@ pub struct Snapshot<'a> {
     pub cache: CacheStats,
     pub uptime: Duration,
     pub now: Instant,
+    /// How old a replica's measurement may be and still take reads
+    /// (`Config::measurement_stale_after`).
+    pub stale_after: Duration,
 }
 
 /// Rows to send: column names, text values (`None` is NULL), the command tag.
@@ -105,6 +128,12 @@ pub fn answer(command: Command, snapshot: &Snapshot<'_>) -> Table {
             ))]],
             tag: "SHOW",
         },
+        // No rows: the caller answers these with their tag alone.
+        Command::Ignored(tag) => Table {
+            columns: &[],
+            rows: Vec::new(),
+            tag,
+        },
     }
 }
 
@@ -122,7 +151,15 @@ fn help() -> Table {
 fn pools(pools: &[PoolStats]) -> Table {
     Table {
         columns: &[
-            "node", "user", "database", "size", "in_use", "idle", "waiting", "timeouts",
+            "node",
+            "user",
+            "database",
+            "parameters",
+            "size",
+            "in_use",
+            "idle",
+            "waiting",
+            "timeouts",
         ],
         rows: pools
             .iter()
@@ -131,6 +168,13 @@ fn pools(pools: &[PoolStats]) -> Table {
                     Some(p.node_name.clone()),
                     Some(p.user.clone()),
                     Some(p.database.clone()),
+                    Some(
+                        p.params
+                            .iter()
+                            .map(|(name, value)| format!("{name}={value}"))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ),
                     Some(p.size.to_string()),
                     Some(p.in_use.to_string()),
                     Some(p.idle.to_string()),
@@ -150,7 +194,9 @@ fn nodes(snapshot: &Snapshot<'_>) -> Table {
         .iter()
         .enumerate()
         .map(|(i, node)| {
-            let acting = if i == topology.primary && topology.primary_available {
+            let acting = if !node.up {
+                "down"
+            } else if i == topology.primary && topology.primary_available {
                 "primary"
             } else {
                 match node.in_recovery {
@@ -159,7 +205,8 @@ fn nodes(snapshot: &Snapshot<'_>) -> Table {
                     None => "unknown",
                 }
             };
-            let takes_reads = node.configured_role == NodeRole::Replica && node.up && node.admitted;
+            // The router's own test, so the console never disagrees with it.
+            let takes_reads = topology.replica_eligible(i, snapshot.stale_after);
             vec![
                 Some(node.name.clone()),
                 Some(format!("{}:{}", node.host, node.port)),

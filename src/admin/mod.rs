@@ -22,7 +22,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::framer::ReadError;
 use crate::protocol::{FramedReader, fields, frontend_tag, sqlstate, tx_status};
 use crate::server::Shared;
-use commands::{Snapshot, Table};
+use commands::{Command, Snapshot, Table};
 
 /// Whether a login is for the console, and if so whether it may use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,21 +45,28 @@ pub fn access(config: &Config, database: &str, user: &str) -> Access {
     }
 }
 
+/// Who is at the console: checked again before each command, so a reload
+/// that takes a user out of `admin.users` ends their open console sessions.
+pub(crate) struct Console {
+    pub database: String,
+    pub user: String,
+    /// Echoed back in the greeting, as PostgreSQL reports what the client set.
+    pub application_name: String,
+}
+
 /// Serves one console client after it authenticated (AuthenticationOk is in
 /// `out`) until it leaves or the router stops.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
+    console: Console,
     mut reader: FramedReader<OwnedReadHalf>,
     mut write: OwnedWriteHalf,
     mut out: BytesMut,
 ) -> Result<(), SessionError> {
-    greet(&mut out);
+    greet(&mut out, &console.application_name);
     write.write_all(&out).await?;
     let mut shutdown = shared.shutdown.clone();
-    // Set by an extended-protocol message: the console takes simple queries
-    // only, so it reports one error and skips to the client's Sync, as
-    // PostgreSQL skips a failed extended batch.
-    let mut skipping = false;
+    let mut state = State::default();
     loop {
         out.clear();
         let frame = tokio::select! {
@@ -77,32 +84,71 @@ pub(crate) async fn serve(
             Ok(None) => return Ok(()),
             Err(ReadError::Io(err)) => return Err(err.into()),
             Err(ReadError::Frame(err)) => {
-                return refuse(&mut write, &mut out, &err.to_string()).await;
+                return end(
+                    &mut write,
+                    &mut out,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &err.to_string(),
+                )
+                .await;
             }
         };
         match frame.tag {
             frontend_tag::TERMINATE => return Ok(()),
-            frontend_tag::QUERY => match fields::query_text(frame.body()) {
-                Ok(text) => {
-                    run(&shared, text, &mut out);
-                    build::ready_for_query(&mut out, tx_status::IDLE);
-                }
-                Err(err) => return refuse(&mut write, &mut out, &err.to_string()).await,
-            },
             frontend_tag::SYNC => {
-                skipping = false;
-                build::ready_for_query(&mut out, tx_status::IDLE);
+                state.skipping = false;
+                build::ready_for_query(&mut out, state.status());
             }
-            frontend_tag::FLUSH => {}
-            _ if skipping => {}
-            _ => {
-                skipping = true;
-                build::error_response(
-                    &mut out,
-                    Severity::Error,
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "the pgrouter admin console takes simple queries only",
-                );
+            // After an extended-protocol message the console reported one
+            // error; like PostgreSQL it ignores everything up to Sync.
+            _ if state.skipping => {}
+            frontend_tag::QUERY => {
+                let text = match fields::query_text(frame.body()) {
+                    Ok(text) => text,
+                    Err(err) => {
+                        return end(
+                            &mut write,
+                            &mut out,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &err.to_string(),
+                        )
+                        .await;
+                    }
+                };
+                let config = shared.config.load();
+                if access(&config, &console.database, &console.user) != Access::Allowed {
+                    let message = format!("user {:?} was taken out of admin.users", console.user);
+                    return end(
+                        &mut write,
+                        &mut out,
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        &message,
+                    )
+                    .await;
+                }
+                run(&shared, &config, text, &mut state, &mut out);
+                build::ready_for_query(&mut out, state.status());
+            }
+            frontend_tag::FUNCTION_CALL => {
+                not_supported(&mut out);
+                build::ready_for_query(&mut out, state.status());
+            }
+            frontend_tag::PARSE
+            | frontend_tag::BIND
+            | frontend_tag::DESCRIBE
+            | frontend_tag::EXECUTE
+            | frontend_tag::CLOSE => {
+                state.skipping = true;
+                not_supported(&mut out);
+            }
+            // Nothing is held back, and no COPY runs: as PostgreSQL, ignore them.
+            frontend_tag::FLUSH
+            | frontend_tag::COPY_DATA
+            | frontend_tag::COPY_DONE
+            | frontend_tag::COPY_FAIL => {}
+            other => {
+                let message = format!("invalid frontend message type {:?}", char::from(other));
+                return end(&mut write, &mut out, sqlstate::PROTOCOL_VIOLATION, &message).await;
             }
         }
         if !out.is_empty() {
@@ -111,10 +157,31 @@ pub(crate) async fn serve(
     }
 }
 
-/// What libpq and psql expect after AuthenticationOk. `server_version` is
+/// What the console remembers between messages.
+#[derive(Default)]
+struct State {
+    /// Set by an extended-protocol message, cleared by Sync.
+    skipping: bool,
+    /// Between an (ignored) BEGIN and COMMIT/ROLLBACK, so drivers that track
+    /// the transaction status see what they expect.
+    in_block: bool,
+}
+
+impl State {
+    fn status(&self) -> u8 {
+        if self.in_block {
+            tx_status::IN_TRANSACTION
+        } else {
+            tx_status::IDLE
+        }
+    }
+}
+
+/// What libpq and drivers expect after AuthenticationOk. `server_version` is
 /// pgrouter's own, as PgBouncer's console reports its own (psql may warn
-/// that it differs from its major version).
-fn greet(out: &mut BytesMut) {
+/// that it differs from its major version). No BackendKeyData: there is
+/// nothing to cancel.
+fn greet(out: &mut BytesMut, application_name: &str) {
     let version = env!("CARGO_PKG_VERSION");
     for (name, value) in [
         ("server_version", version),
@@ -123,50 +190,68 @@ fn greet(out: &mut BytesMut) {
         ("DateStyle", "ISO, MDY"),
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
-        ("application_name", ""),
+        ("application_name", application_name),
     ] {
         build::parameter_status(out, name, value);
     }
     build::ready_for_query(out, tx_status::IDLE);
 }
 
-/// Answers one Query: its rows, or an error; the session goes on either way.
-fn run(shared: &Shared, text: &str, out: &mut BytesMut) {
-    match commands::parse(text) {
-        Ok(None) => build::empty_query_response(out),
-        Ok(Some(command)) => {
-            let topology = shared.topology.load();
-            let snapshot = Snapshot {
-                topology: &topology,
-                routed: shared.stats.routed(),
-                pools: shared.pools.stats(),
-                clients: shared
-                    .stats
-                    .clients
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                misrouted: shared.stats.misrouted(),
-                read_retries: shared.stats.read_retries(),
-                cache: shared.classifier.stats(),
-                uptime: shared.stats.uptime(),
-                now: std::time::Instant::now(),
-            };
-            let Table { columns, rows, tag } = commands::answer(command, &snapshot);
-            build::text_rows(out, columns, &rows, tag);
-        }
-        Err(message) => {
-            build::error_response(out, Severity::Error, sqlstate::SYNTAX_ERROR, &message)
-        }
-    }
+fn not_supported(out: &mut BytesMut) {
+    build::error_response(
+        out,
+        Severity::Error,
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "the pgrouter admin console takes simple queries only",
+    );
 }
 
-/// Ends a console session whose client broke the protocol (08P01).
-async fn refuse(
+/// Answers one Query: its rows, or an error; the session goes on either way.
+fn run(shared: &Shared, config: &Config, text: &str, state: &mut State, out: &mut BytesMut) {
+    let command = match commands::parse(text) {
+        Ok(Some(command)) => command,
+        Ok(None) => return build::empty_query_response(out),
+        Err(message) => {
+            return build::error_response(out, Severity::Error, sqlstate::SYNTAX_ERROR, &message);
+        }
+    };
+    if let Command::Ignored(tag) = command {
+        match tag {
+            "BEGIN" | "START TRANSACTION" => state.in_block = true,
+            "COMMIT" | "ROLLBACK" => state.in_block = false,
+            _ => {}
+        }
+        return build::command_complete(out, tag);
+    }
+    let topology = shared.topology.load();
+    let snapshot = Snapshot {
+        topology: &topology,
+        routed: shared.stats.routed(),
+        pools: shared.pools.stats(),
+        clients: shared
+            .stats
+            .clients
+            .load(std::sync::atomic::Ordering::Relaxed),
+        misrouted: shared.stats.misrouted(),
+        read_retries: shared.stats.read_retries(),
+        cache: shared.classifier.stats(),
+        uptime: shared.stats.uptime(),
+        now: std::time::Instant::now(),
+        stale_after: config.measurement_stale_after(),
+    };
+    let Table { columns, rows, tag } = commands::answer(command, &snapshot);
+    build::text_rows(out, columns, &rows, tag);
+}
+
+/// Ends a console session with a FATAL error.
+async fn end(
     write: &mut OwnedWriteHalf,
     out: &mut BytesMut,
+    code: &str,
     problem: &str,
 ) -> Result<(), SessionError> {
     out.clear();
-    build::error_response(out, Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, problem);
+    build::error_response(out, Severity::Fatal, code, problem);
     let _ = write.write_all(out).await;
     Err(SessionError::ClientProtocol(problem.to_owned()))
 }

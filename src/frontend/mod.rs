@@ -81,6 +81,9 @@ struct LoggedIn {
     login: Login,
     /// The name the client logged in with (`login.user` is the server login).
     client_user: String,
+    /// Whether it logged in to the admin console (decided with the config it
+    /// authenticated under).
+    admin: crate::admin::Access,
     pool_mode: crate::config::PoolMode,
     reader: FramedReader<tokio::net::tcp::OwnedReadHalf>,
     write: tokio::net::tcp::OwnedWriteHalf,
@@ -102,6 +105,7 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     let Some(LoggedIn {
         login,
         client_user,
+        admin,
         pool_mode,
         reader,
         mut write,
@@ -110,11 +114,20 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     else {
         return Ok(());
     };
-    let admin = crate::admin::access(&shared.config.load(), &login.database, &client_user);
     match admin {
         crate::admin::Access::NotAdmin => {}
         crate::admin::Access::Allowed => {
-            return crate::admin::serve(shared.clone(), reader, write, out).await;
+            let console = crate::admin::Console {
+                application_name: login
+                    .params
+                    .iter()
+                    .find(|(name, _)| name == "application_name")
+                    .map(|(_, value)| value.clone())
+                    .unwrap_or_default(),
+                database: login.database,
+                user: client_user,
+            };
+            return crate::admin::serve(shared.clone(), console, reader, write, out).await;
         }
         crate::admin::Access::Refused => {
             // After AuthenticationOk, as PostgreSQL refuses a database the
@@ -205,6 +218,7 @@ async fn log_in(
         let _ = write.write_all(&out).await;
         return Err(err.into());
     }
+    let admin = crate::admin::access(&config, &login.database, &client_user);
     let pool_mode = config
         .user(&client_user)
         .and_then(|u| u.pool_mode)
@@ -212,6 +226,7 @@ async fn log_in(
     Ok(Some(LoggedIn {
         login,
         client_user,
+        admin,
         pool_mode,
         reader,
         write,

@@ -282,14 +282,20 @@ impl Pools {
     /// Every pool's state now, by node, user and database (the admin console's
     /// `SHOW POOLS`). Counts are read one by one, without stopping checkouts.
     pub fn stats(&self) -> Vec<PoolStats> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        // Copied out first, so no checkout waits on the map's lock while each
+        // pool's idle list is locked in turn below.
+        let slots: Vec<(PoolKey, Arc<Slot>)> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
+        };
         let mut stats: Vec<PoolStats> = slots
-            .iter()
+            .into_iter()
             .map(|(key, slot)| PoolStats {
                 node: key.node,
                 node_name: slot.addr.name.clone(),
-                user: key.user.clone(),
-                database: key.database.clone(),
+                user: key.user,
+                database: key.database,
+                params: key.params,
                 size: slot.size,
                 in_use: slot.size.saturating_sub(slot.permits.available_permits()),
                 idle: slot.idle().len(),
@@ -297,7 +303,12 @@ impl Pools {
                 timeouts: slot.timeouts.load(Ordering::Relaxed),
             })
             .collect();
-        stats.sort_by(|a, b| (a.node, &a.user, &a.database).cmp(&(b.node, &b.user, &b.database)));
+        stats.sort_by(|a, b| {
+            (a.node.cmp(&b.node))
+                .then_with(|| a.user.cmp(&b.user))
+                .then_with(|| a.database.cmp(&b.database))
+                .then_with(|| a.params.cmp(&b.params))
+        });
         stats
     }
 
@@ -325,8 +336,12 @@ pub struct PoolStats {
     /// The node's position in the config, and its name.
     pub node: usize,
     pub node_name: String,
+    /// The server login and database.
     pub user: String,
     pub database: String,
+    /// The startup parameters its connections were opened with (each
+    /// combination has a pool of its own).
+    pub params: Vec<(String, String)>,
     /// Most connections it may hold (`pool_size` when it was made).
     pub size: usize,
     /// Connections checked out by sessions, or being opened for one.

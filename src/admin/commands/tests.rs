@@ -20,6 +20,26 @@ fn commands_are_read_loosely_and_unknown_ones_named() {
         ("SHOW POOLS; SHOW NODES", Err(())),
         ("SELECT 1", Err(())),
         ("SHOW\u{a0}POOLS", Err(())),
+        // What drivers send on their own is accepted and changes nothing.
+        (
+            "SET extra_float_digits = 3",
+            Ok(Some(Command::Ignored("SET"))),
+        ),
+        (
+            "set application_name = 'x';",
+            Ok(Some(Command::Ignored("SET"))),
+        ),
+        ("RESET ALL", Ok(Some(Command::Ignored("RESET")))),
+        ("BEGIN", Ok(Some(Command::Ignored("BEGIN")))),
+        (
+            "start transaction read only",
+            Ok(Some(Command::Ignored("START TRANSACTION"))),
+        ),
+        ("COMMIT", Ok(Some(Command::Ignored("COMMIT")))),
+        ("end", Ok(Some(Command::Ignored("COMMIT")))),
+        ("ROLLBACK", Ok(Some(Command::Ignored("ROLLBACK")))),
+        ("abort;", Ok(Some(Command::Ignored("ROLLBACK")))),
+        ("SETTINGS", Err(())),
     ];
     for (text, expected) in cases {
         let got = parse(text);
@@ -34,14 +54,39 @@ fn commands_are_read_loosely_and_unknown_ones_named() {
 }
 
 #[test]
-fn help_lists_every_command_it_parses() {
+fn help_lists_every_command_and_each_listed_one_parses() {
     let table = answer(Command::Help, &snapshot(&topology()));
     assert_eq!(table.columns, ["command", "shows"]);
-    for row in &table.rows {
-        let words = row[0].as_deref().unwrap();
-        assert!(matches!(parse(words), Ok(Some(_))), "{words}");
+    let listed: Vec<Command> = table
+        .rows
+        .iter()
+        .map(|row| {
+            let words = row[0].as_deref().unwrap();
+            parse(words).unwrap().unwrap()
+        })
+        .collect();
+    let every = [
+        Command::Help,
+        Command::Pools,
+        Command::Nodes,
+        Command::Stats,
+        Command::Version,
+    ];
+    for command in every {
+        // Adding a variant makes this match fail to compile until it is listed above.
+        match command {
+            Command::Help
+            | Command::Pools
+            | Command::Nodes
+            | Command::Stats
+            | Command::Version
+            | Command::Ignored(_) => {}
+        }
+        assert!(
+            listed.contains(&command),
+            "{command:?} missing from SHOW HELP"
+        );
     }
-    assert_eq!(table.rows.len(), COMMANDS.len());
 }
 
 fn topology() -> Topology {
@@ -54,12 +99,20 @@ fn topology() -> Topology {
     fresh.lag_bytes = Some(16);
     fresh.lag_time = Some(Duration::from_millis(250));
     fresh.admitted = true;
+    fresh.measured_at = Some(Instant::now());
     let mut down = NodeState::unmeasured("r1", "10.0.0.3", 5433, NodeRole::Replica);
     down.up = false;
     down.admitted = true;
     down.error = Some("connection refused".to_owned());
+    down.in_recovery = Some(true);
+    down.measured_at = Some(Instant::now());
+    // Admitted and fresh, but its last measurement is too old to read from.
+    let mut stale = NodeState::unmeasured("r2", "10.0.0.4", 5432, NodeRole::Replica);
+    stale.in_recovery = Some(true);
+    stale.admitted = true;
+    stale.measured_at = Instant::now().checked_sub(Duration::from_secs(30));
     Topology {
-        nodes: vec![primary, fresh, down],
+        nodes: vec![primary, fresh, down, stale],
         primary: 0,
         primary_available: true,
         generation: 7,
@@ -69,12 +122,16 @@ fn topology() -> Topology {
 fn snapshot(topology: &Topology) -> Snapshot<'_> {
     Snapshot {
         topology,
-        routed: vec![5, 30, 0],
+        routed: vec![5, 30, 0, 0],
         pools: vec![PoolStats {
             node: 1,
             node_name: "r0".to_owned(),
             user: "app".to_owned(),
             database: "shop".to_owned(),
+            params: vec![
+                ("application_name".to_owned(), "psql".to_owned()),
+                ("TimeZone".to_owned(), "UTC".to_owned()),
+            ],
             size: 20,
             in_use: 3,
             idle: 2,
@@ -92,6 +149,7 @@ fn snapshot(topology: &Topology) -> Snapshot<'_> {
         },
         uptime: Duration::from_secs(61),
         now: Instant::now(),
+        stale_after: Duration::from_secs(1),
     }
 }
 
@@ -105,7 +163,7 @@ fn nodes_show_roles_health_lag_and_routed_statements() {
     let table = answer(Command::Nodes, &snapshot(&topology));
     let column = |name: &str| table.columns.iter().position(|c| *c == name).unwrap();
     let row = |i: usize, name: &str| table.rows[i][column(name)].clone();
-    assert_eq!(table.rows.len(), 3);
+    assert_eq!(table.rows.len(), 4);
     assert_eq!(row(0, "acting_as").as_deref(), Some("primary"));
     assert_eq!(row(0, "lsn").as_deref(), Some("1/10"));
     assert_eq!(row(0, "takes_reads").as_deref(), Some("false"));
@@ -119,10 +177,32 @@ fn nodes_show_roles_health_lag_and_routed_statements() {
     // values are NULL, not zero.
     assert_eq!(row(2, "up").as_deref(), Some("false"));
     assert_eq!(row(2, "takes_reads").as_deref(), Some("false"));
-    assert_eq!(row(2, "acting_as").as_deref(), Some("unknown"));
+    assert_eq!(row(2, "acting_as").as_deref(), Some("down"));
     assert_eq!(row(2, "lag_bytes"), None);
-    assert_eq!(row(2, "measured_ms_ago"), None);
+    assert_eq!(row(2, "lsn"), None);
     assert_eq!(row(2, "last_error").as_deref(), Some("connection refused"));
+    // Measured too long ago: the router reads elsewhere, and so says the console.
+    assert_eq!(row(3, "acting_as").as_deref(), Some("replica"));
+    assert_eq!(row(3, "takes_reads").as_deref(), Some("false"));
+}
+
+#[test]
+fn after_a_failover_the_promoted_replica_takes_no_reads() {
+    let mut topology = topology();
+    topology.primary = 1;
+    topology.nodes[1].in_recovery = Some(false);
+    topology.nodes[0].in_recovery = Some(true);
+    topology.nodes[0].admitted = true;
+    topology.nodes[0].measured_at = Some(Instant::now());
+    let table = answer(Command::Nodes, &snapshot(&topology));
+    let column = |name: &str| table.columns.iter().position(|c| *c == name).unwrap();
+    let row = |i: usize, name: &str| table.rows[i][column(name)].clone();
+    assert_eq!(row(1, "role").as_deref(), Some("replica"));
+    assert_eq!(row(1, "acting_as").as_deref(), Some("primary"));
+    assert_eq!(row(1, "takes_reads").as_deref(), Some("false"));
+    assert_eq!(row(0, "role").as_deref(), Some("primary"));
+    assert_eq!(row(0, "acting_as").as_deref(), Some("replica"));
+    assert_eq!(row(0, "takes_reads").as_deref(), Some("true"));
 }
 
 #[test]
@@ -136,6 +216,7 @@ fn pools_and_stats_show_their_counters() {
             Some("r0"),
             Some("app"),
             Some("shop"),
+            Some("application_name=psql TimeZone=UTC"),
             Some("20"),
             Some("3"),
             Some("2"),
