@@ -22,4 +22,4 @@ pub mod protocol;
 pub mod router;
 mod server;
 
-pub use server::{Router, RouterHandle, RunError, run};
+pub use server::{ReloadError, Router, RouterHandle, RunError, run};

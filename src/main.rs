@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use pgrouter::cluster::{Cluster, ClusterSpec};
-use pgrouter::config::{Config, ConsistencyMode};
+use pgrouter::config::{Config, ConfigFile, ConsistencyMode};
 use pgrouter::consistency::verify::{self, Pattern, VerifyOptions};
 use pgrouter::{Router, RouterHandle};
 
@@ -173,7 +173,13 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     tracing::info!(listen = %config.listen, "pgrouter accepting connections");
     let router = Router::new(config)?;
     let handle = router.handle();
-    let reloader = tokio::spawn(reload_on_sighup(handle, config_path));
+    if let Some(path) = config_path {
+        handle.set_config_file(ConfigFile {
+            path,
+            keep_nodes: false,
+        });
+    }
+    let reloader = tokio::spawn(reload_on_sighup(handle));
     let result = router.serve(listener, stop_signal()).await;
     reloader.abort();
     Ok(result?)
@@ -198,24 +204,14 @@ async fn stop_signal() {
 }
 
 /// The `sighup` task: re-reads the config; a bad file is logged and ignored.
-async fn reload_on_sighup(handle: RouterHandle, path: Option<PathBuf>) {
+async fn reload_on_sighup(handle: RouterHandle) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Some(path) = path else { return };
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        let result = Config::load(&path).and_then(|new| {
-            let mut new = new;
-            // The demo's node list comes from its own cluster, not the file.
-            let current = handle.config();
-            if new.nodes.is_empty() {
-                new.nodes = current.nodes.clone();
-            }
-            handle.reload(new)
-        });
-        match result {
-            Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+        match handle.reload_from_file() {
+            Ok(path) => tracing::info!(path = %path.display(), "config reloaded"),
             Err(err) => {
                 tracing::error!(%err, "config reload rejected; the previous config stays in force")
             }
@@ -268,7 +264,14 @@ async fn demo(
     let router = Router::new(config)?;
     let handle = router.handle();
     let status = tokio::spawn(status_lines(handle.clone()));
-    let reloader = tokio::spawn(reload_on_sighup(handle, config_path));
+    if let Some(path) = config_path {
+        // The demo's nodes are its own cluster's, whatever the file lists.
+        handle.set_config_file(ConfigFile {
+            path,
+            keep_nodes: true,
+        });
+    }
+    let reloader = tokio::spawn(reload_on_sighup(handle));
     let served = tokio::spawn(router.serve(listener, stop_signal()));
     println!("ready: postgres://{user}:{password}@127.0.0.1:{port}/postgres");
     let result = served.await;

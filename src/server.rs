@@ -29,6 +29,15 @@ pub enum RunError {
     Config(#[from] crate::config::ConfigError),
 }
 
+/// Why a reload from the config file changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("pgrouter was started without a config file (`run --config FILE`): nothing to reload")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
 /// Statements routed per node, for status lines and the admin console.
 #[derive(Debug)]
 pub struct Stats {
@@ -146,6 +155,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// LISTEN/NOTIFY through pgrouter's own listening connections.
     pub notifier: crate::notify::Notifier,
+    /// The file RELOAD and SIGHUP re-read (none when the config was built in code).
+    config_file: std::sync::OnceLock<crate::config::ConfigFile>,
 }
 
 impl Shared {
@@ -257,6 +268,28 @@ impl RouterHandle {
         self.shared.config.load_full()
     }
 
+    /// The handle of the router `shared` belongs to (for the admin console).
+    pub(crate) fn of(shared: &Arc<Shared>) -> RouterHandle {
+        RouterHandle {
+            shared: shared.clone(),
+        }
+    }
+
+    /// Names the file [`RouterHandle::reload_from_file`] re-reads (the first
+    /// call wins: a router's config file does not change while it runs).
+    pub fn set_config_file(&self, file: crate::config::ConfigFile) {
+        let _ = self.shared.config_file.set(file);
+    }
+
+    /// Re-reads the config file and swaps it in (SIGHUP, the console's
+    /// RELOAD); a bad file changes nothing. Returns the file's path.
+    pub fn reload_from_file(&self) -> Result<std::path::PathBuf, ReloadError> {
+        let file = self.shared.config_file.get().ok_or(ReloadError::NoFile)?;
+        let new = Config::reread(file, &self.config())?;
+        self.reload(new)?;
+        Ok(file.path.clone())
+    }
+
     /// Swaps in a new, already validated config for new statements and sessions.
     pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigError> {
         config.validate()?;
@@ -314,6 +347,7 @@ impl Router {
             outstanding: (0..node_count).map(|_| AtomicUsize::new(0)).collect(),
             shutdown: shutdown_rx,
             stopping: AtomicBool::new(false),
+            config_file: std::sync::OnceLock::new(),
         };
         // Until the catalog is read from the primary, the config lists and the
         // deny-list decide about functions.

@@ -212,6 +212,44 @@ async fn the_console_answers_its_users_only_and_stays_usable_after_errors() {
         "{help:?}"
     );
 
+    // RELOAD re-reads the config file as SIGHUP does; without one, or with a
+    // bad one, it changes nothing and says why.
+    let no_file = console.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(no_file.code().map(|c| c.code()), Some("55000"), "{no_file}");
+    let file = std::env::temp_dir().join(format!("pgrouter-admin-{}.toml", std::process::id()));
+    let (user, password) = (env.cluster.superuser(), env.cluster.password());
+    let good = format!(
+        "[[users]]\nname = {user:?}\npassword = {password:?}\n\
+         [[users]]\nname = \"app\"\npassword = \"app-secret\"\nserver_user = {user:?}\nserver_password = {password:?}\n\
+         [admin]\nusers = [{user:?}]\n[pool]\npool_size = 3\n"
+    );
+    std::fs::write(&file, &good).unwrap();
+    env.handle.set_config_file(pgrouter::config::ConfigFile {
+        path: file.clone(),
+        keep_nodes: false,
+    });
+    let pool_line = |rows: &[Vec<(String, Option<String>)>]| {
+        rows.iter()
+            .map(|row| field(row, "setting").to_owned())
+            .find(|line| line.starts_with("pool:"))
+            .unwrap()
+    };
+    assert!(!pool_line(&show(&console, "SHOW CONFIG").await).contains("pool_size=3"));
+    console.batch_execute("RELOAD").await.unwrap();
+    assert!(pool_line(&show(&console, "SHOW CONFIG").await).contains("pool_size=3"));
+    // The file lists no nodes: the running ones stay.
+    assert_eq!(show(&console, "SHOW NODES").await.len(), 3);
+    std::fs::write(&file, format!("{good}pool_sise = 4\n")).unwrap();
+    let bad = console.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(bad.code().map(|c| c.code()), Some("F0000"), "{bad}");
+    let message = bad.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("pool_sise")),
+        "{message:?}"
+    );
+    assert!(pool_line(&show(&console, "SHOW CONFIG").await).contains("pool_size=3"));
+    std::fs::remove_file(&file).ok();
+
     // A user not in admin.users is refused after logging in (42501); a wrong
     // password is refused as for any database.
     let refused = connect(&env, "app", "app-secret", "pgrouter")

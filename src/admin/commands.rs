@@ -17,7 +17,10 @@ pub enum Command {
     Pools,
     Nodes,
     Stats,
+    Config,
     Version,
+    /// Re-read the config file: done by the caller, answered with "RELOAD".
+    Reload,
     /// A statement drivers send on their own (`SET extra_float_digits`, a
     /// `BEGIN` before the first query): accepted, changes nothing, answered
     /// with this command tag, as PgBouncer's console fakes `SET`.
@@ -53,7 +56,17 @@ const COMMANDS: &[(Command, &str, &str)] = &[
         "SHOW STATS",
         "clients, statements re-run, classifier cache, uptime",
     ),
+    (
+        Command::Config,
+        "SHOW CONFIG",
+        "the settings in force (passwords hidden)",
+    ),
     (Command::Version, "SHOW VERSION", "pgrouter's version"),
+    (
+        Command::Reload,
+        "RELOAD",
+        "re-read the config file, as SIGHUP does",
+    ),
     (Command::Help, "SHOW HELP", "this list"),
 ];
 
@@ -103,6 +116,8 @@ pub struct Snapshot<'a> {
     /// How old a replica's measurement may be and still take reads
     /// (`Config::measurement_stale_after`).
     pub stale_after: Duration,
+    /// The config in force, as `pgrouter check-config` prints it.
+    pub settings: String,
 }
 
 /// Rows to send: column names, text values (`None` is NULL), the command tag.
@@ -128,7 +143,21 @@ pub fn answer(command: Command, snapshot: &Snapshot<'_>) -> Table {
             ))]],
             tag: "SHOW",
         },
-        // No rows: the caller answers these with their tag alone.
+        Command::Config => Table {
+            columns: &["setting"],
+            rows: snapshot
+                .settings
+                .lines()
+                .map(|line| vec![Some(line.to_owned())])
+                .collect(),
+            tag: "SHOW",
+        },
+        // No rows: the caller acts on these and answers with their tag alone.
+        Command::Reload => Table {
+            columns: &[],
+            rows: Vec::new(),
+            tag: "RELOAD",
+        },
         Command::Ignored(tag) => Table {
             columns: &[],
             rows: Vec::new(),

@@ -2,11 +2,13 @@
 //! default) that the users named in `admin.users` log in to as to any other
 //! database (same authentication), as operators reach PgBouncer's `pgbouncer`
 //! database. It answers simple queries itself: `SHOW POOLS`, `SHOW NODES`,
-//! `SHOW STATS`, `SHOW VERSION`, `SHOW HELP` (see [`commands`]).
+//! `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP` and `RELOAD`
+//! (see [`commands`]).
 //!
-//! It must not reach the servers or change any state: it only reads the
-//! topology snapshot, the pools' counters and the router's statistics. Off
-//! (the database name is then an ordinary one) while `admin.users` is empty.
+//! It must not reach the servers. It reads the topology snapshot, the pools'
+//! counters and the router's statistics; the one thing it changes is the
+//! config, with RELOAD, exactly as SIGHUP does. Off (the database name is then
+//! an ordinary one) while `admin.users` is empty.
 
 pub mod commands;
 
@@ -22,6 +24,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::framer::ReadError;
 use crate::protocol::{FramedReader, fields, frontend_tag, sqlstate, tx_status};
 use crate::server::Shared;
+use crate::{ReloadError, RouterHandle};
 use commands::{Command, Snapshot, Table};
 
 /// Whether a login is for the console, and if so whether it may use it.
@@ -207,7 +210,7 @@ fn not_supported(out: &mut BytesMut) {
 }
 
 /// Answers one Query: its rows, or an error; the session goes on either way.
-fn run(shared: &Shared, config: &Config, text: &str, state: &mut State, out: &mut BytesMut) {
+fn run(shared: &Arc<Shared>, config: &Config, text: &str, state: &mut State, out: &mut BytesMut) {
     let command = match commands::parse(text) {
         Ok(Some(command)) => command,
         Ok(None) => return build::empty_query_response(out),
@@ -215,13 +218,17 @@ fn run(shared: &Shared, config: &Config, text: &str, state: &mut State, out: &mu
             return build::error_response(out, Severity::Error, sqlstate::SYNTAX_ERROR, &message);
         }
     };
-    if let Command::Ignored(tag) = command {
-        match tag {
-            "BEGIN" | "START TRANSACTION" => state.in_block = true,
-            "COMMIT" | "ROLLBACK" => state.in_block = false,
-            _ => {}
+    match command {
+        Command::Ignored(tag) => {
+            match tag {
+                "BEGIN" | "START TRANSACTION" => state.in_block = true,
+                "COMMIT" | "ROLLBACK" => state.in_block = false,
+                _ => {}
+            }
+            return build::command_complete(out, tag);
         }
-        return build::command_complete(out, tag);
+        Command::Reload => return reload(shared, out),
+        _ => {}
     }
     let topology = shared.topology.load();
     let snapshot = Snapshot {
@@ -238,9 +245,30 @@ fn run(shared: &Shared, config: &Config, text: &str, state: &mut State, out: &mu
         uptime: shared.stats.uptime(),
         now: std::time::Instant::now(),
         stale_after: config.measurement_stale_after(),
+        settings: config.describe(),
     };
     let Table { columns, rows, tag } = commands::answer(command, &snapshot);
     build::text_rows(out, columns, &rows, tag);
+}
+
+/// RELOAD: what SIGHUP does. A bad file changes nothing and says why.
+fn reload(shared: &Arc<Shared>, out: &mut BytesMut) {
+    match RouterHandle::of(shared).reload_from_file() {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), "config reloaded (admin console RELOAD)");
+            build::command_complete(out, "RELOAD");
+        }
+        Err(err) => {
+            tracing::error!(%err, "config reload rejected (admin console RELOAD); the previous config stays in force");
+            let code = match err {
+                ReloadError::NoFile => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                ReloadError::Config(_) => sqlstate::CONFIG_FILE_ERROR,
+            };
+            let message =
+                format!("config reload rejected; the previous config stays in force: {err}");
+            build::error_response(out, Severity::Error, code, &message);
+        }
+    }
 }
 
 /// Ends a console session with a FATAL error.

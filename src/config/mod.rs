@@ -40,6 +40,15 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Where a running router's config comes from, for SIGHUP and the admin
+/// console's RELOAD.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+    /// Keep the running node list whatever the file says (`pgrouter demo`).
+    pub keep_nodes: bool,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +239,18 @@ impl Config {
             source,
         })?;
         Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The config to reload from `file` while `current` is in force: the file's,
+    /// with the current node list when the file has none or `file.keep_nodes`
+    /// (the demo's nodes are its own cluster's). Not validated here: reloading
+    /// validates.
+    pub fn reread(file: &ConfigFile, current: &Config) -> Result<Config, ConfigError> {
+        let mut new = Self::load_unvalidated(&file.path)?;
+        if file.keep_nodes || new.nodes.is_empty() {
+            new.nodes = current.nodes.clone();
+        }
+        Ok(new)
     }
 
     /// Parses and validates config text; `origin` names it in errors.

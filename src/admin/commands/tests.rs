@@ -40,6 +40,8 @@ fn commands_are_read_loosely_and_unknown_ones_named() {
         ("ROLLBACK", Ok(Some(Command::Ignored("ROLLBACK")))),
         ("abort;", Ok(Some(Command::Ignored("ROLLBACK")))),
         ("SETTINGS", Err(())),
+        ("reload;", Ok(Some(Command::Reload))),
+        ("SHOW CONFIG", Ok(Some(Command::Config))),
     ];
     for (text, expected) in cases {
         let got = parse(text);
@@ -70,7 +72,9 @@ fn help_lists_every_command_and_each_listed_one_parses() {
         Command::Pools,
         Command::Nodes,
         Command::Stats,
+        Command::Config,
         Command::Version,
+        Command::Reload,
     ];
     for command in every {
         // Adding a variant makes this match fail to compile until it is listed above.
@@ -79,7 +83,9 @@ fn help_lists_every_command_and_each_listed_one_parses() {
             | Command::Pools
             | Command::Nodes
             | Command::Stats
+            | Command::Config
             | Command::Version
+            | Command::Reload
             | Command::Ignored(_) => {}
         }
         assert!(
@@ -150,6 +156,7 @@ fn snapshot(topology: &Topology) -> Snapshot<'_> {
         uptime: Duration::from_secs(61),
         now: Instant::now(),
         stale_after: Duration::from_secs(1),
+        settings: "listen = \"127.0.0.1:6432\"\npool: mode=Transaction pool_size=20\n".to_owned(),
     }
 }
 
@@ -237,4 +244,18 @@ fn pools_and_stats_show_their_counters() {
     assert_eq!(stat("writes_rerun_on_primary").as_deref(), Some("1"));
     assert_eq!(stat("classifier_cache_hits").as_deref(), Some("90"));
     assert_eq!(stat("uptime_s").as_deref(), Some("61"));
+}
+
+#[test]
+fn config_shows_one_row_per_setting_line() {
+    let topology = topology();
+    let table = answer(Command::Config, &snapshot(&topology));
+    assert_eq!(table.columns, ["setting"]);
+    assert_eq!(
+        table.rows,
+        vec![
+            text(&[Some("listen = \"127.0.0.1:6432\"")]),
+            text(&[Some("pool: mode=Transaction pool_size=20")])
+        ]
+    );
 }
