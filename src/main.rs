@@ -174,10 +174,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let router = Router::new(config)?;
     let handle = router.handle();
     if let Some(path) = config_path {
-        handle.set_config_file(ConfigFile {
-            path,
-            keep_nodes: false,
-        });
+        handle.set_config_file(ConfigFile { path, demo: false });
     }
     let reloader = tokio::spawn(reload_on_sighup(handle));
     let result = router.serve(listener, stop_signal()).await;
@@ -210,7 +207,13 @@ async fn reload_on_sighup(handle: RouterHandle) {
         return;
     };
     while hup.recv().await.is_some() {
-        match handle.reload_from_file() {
+        // The file is read off the runtime's threads.
+        let reloading = handle.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file()).await;
+        let Ok(reloaded) = reloaded else {
+            continue;
+        };
+        match reloaded {
             Ok(path) => tracing::info!(path = %path.display(), "config reloaded"),
             Err(err) => {
                 tracing::error!(%err, "config reload rejected; the previous config stays in force")
@@ -266,10 +269,7 @@ async fn demo(
     let status = tokio::spawn(status_lines(handle.clone()));
     if let Some(path) = config_path {
         // The demo's nodes are its own cluster's, whatever the file lists.
-        handle.set_config_file(ConfigFile {
-            path,
-            keep_nodes: true,
-        });
+        handle.set_config_file(ConfigFile { path, demo: true });
     }
     let reloader = tokio::spawn(reload_on_sighup(handle));
     let served = tokio::spawn(router.serve(listener, stop_signal()));

@@ -32,7 +32,7 @@ pub enum RunError {
 /// Why a reload from the config file changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("pgrouter was started without a config file (`run --config FILE`): nothing to reload")]
+    #[error("pgrouter was started without a config file: nothing to reload")]
     NoFile,
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -157,6 +157,9 @@ pub(crate) struct Shared {
     pub notifier: crate::notify::Notifier,
     /// The file RELOAD and SIGHUP re-read (none when the config was built in code).
     config_file: std::sync::OnceLock<crate::config::ConfigFile>,
+    /// Held through a whole reload, so two at once (SIGHUP and RELOAD) cannot
+    /// store one's secrets with the other's config.
+    reloading: Mutex<()>,
 }
 
 impl Shared {
@@ -282,7 +285,8 @@ impl RouterHandle {
     }
 
     /// Re-reads the config file and swaps it in (SIGHUP, the console's
-    /// RELOAD); a bad file changes nothing. Returns the file's path.
+    /// RELOAD); a bad file changes nothing. Returns the file's path. Reads
+    /// the file: call it off the async runtime (`spawn_blocking`).
     pub fn reload_from_file(&self) -> Result<std::path::PathBuf, ReloadError> {
         let file = self.shared.config_file.get().ok_or(ReloadError::NoFile)?;
         let new = Config::reread(file, &self.config())?;
@@ -293,6 +297,11 @@ impl RouterHandle {
     /// Swaps in a new, already validated config for new statements and sessions.
     pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigError> {
         config.validate()?;
+        let _one_at_a_time = self
+            .shared
+            .reloading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let secrets = ClientSecrets::from_config(&config);
         // Secrets first: a client authenticating during the swap sees old users with
         // old secrets or new users with new ones, never a user without a secret.
@@ -348,6 +357,7 @@ impl Router {
             shutdown: shutdown_rx,
             stopping: AtomicBool::new(false),
             config_file: std::sync::OnceLock::new(),
+            reloading: Mutex::new(()),
         };
         // Until the catalog is read from the primary, the config lists and the
         // deny-list decide about functions.

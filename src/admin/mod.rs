@@ -129,7 +129,7 @@ pub(crate) async fn serve(
                     )
                     .await;
                 }
-                run(&shared, &config, text, &mut state, &mut out);
+                run(&shared, &config, text, &mut state, &mut out).await;
                 build::ready_for_query(&mut out, state.status());
             }
             frontend_tag::FUNCTION_CALL => {
@@ -210,7 +210,13 @@ fn not_supported(out: &mut BytesMut) {
 }
 
 /// Answers one Query: its rows, or an error; the session goes on either way.
-fn run(shared: &Arc<Shared>, config: &Config, text: &str, state: &mut State, out: &mut BytesMut) {
+async fn run(
+    shared: &Arc<Shared>,
+    config: &Config,
+    text: &str,
+    state: &mut State,
+    out: &mut BytesMut,
+) {
     let command = match commands::parse(text) {
         Ok(Some(command)) => command,
         Ok(None) => return build::empty_query_response(out),
@@ -227,7 +233,7 @@ fn run(shared: &Arc<Shared>, config: &Config, text: &str, state: &mut State, out
             }
             return build::command_complete(out, tag);
         }
-        Command::Reload => return reload(shared, out),
+        Command::Reload => return reload(shared, out).await,
         _ => {}
     }
     let topology = shared.topology.load();
@@ -252,20 +258,35 @@ fn run(shared: &Arc<Shared>, config: &Config, text: &str, state: &mut State, out
 }
 
 /// RELOAD: what SIGHUP does. A bad file changes nothing and says why.
-fn reload(shared: &Arc<Shared>, out: &mut BytesMut) {
-    match RouterHandle::of(shared).reload_from_file() {
+async fn reload(shared: &Arc<Shared>, out: &mut BytesMut) {
+    // The file is read off the runtime's threads: a slow disk must not stall
+    // the sessions that share this worker.
+    let handle = RouterHandle::of(shared);
+    let reloaded = match tokio::task::spawn_blocking(move || handle.reload_from_file()).await {
+        Ok(reloaded) => reloaded,
+        Err(err) => {
+            let message = format!("config reload failed: {err}");
+            return build::error_response(out, Severity::Error, sqlstate::INTERNAL_ERROR, &message);
+        }
+    };
+    match reloaded {
         Ok(path) => {
             tracing::info!(path = %path.display(), "config reloaded (admin console RELOAD)");
             build::command_complete(out, "RELOAD");
         }
         Err(err) => {
             tracing::error!(%err, "config reload rejected (admin console RELOAD); the previous config stays in force");
-            let code = match err {
-                ReloadError::NoFile => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                ReloadError::Config(_) => sqlstate::CONFIG_FILE_ERROR,
+            // The log has the whole error; the client gets no excerpt of the file.
+            let (code, why) = match &err {
+                ReloadError::NoFile => {
+                    (sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, err.to_string())
+                }
+                ReloadError::Config(config) => {
+                    (sqlstate::CONFIG_FILE_ERROR, config.without_excerpt())
+                }
             };
             let message =
-                format!("config reload rejected; the previous config stays in force: {err}");
+                format!("config reload rejected; the previous config stays in force: {why}");
             build::error_response(out, Severity::Error, code, &message);
         }
     }

@@ -33,6 +33,19 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
 }
 
+impl ConfigError {
+    /// The error without the excerpt of the file a parse error quotes: what a
+    /// client may be shown (the excerpt could hold a mistyped password line).
+    pub fn without_excerpt(&self) -> String {
+        match self {
+            ConfigError::Parse { path, source } => {
+                format!("invalid config file {path}: {}", source.message())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -45,8 +58,9 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
     pub path: std::path::PathBuf,
-    /// Keep the running node list whatever the file says (`pgrouter demo`).
-    pub keep_nodes: bool,
+    /// `pgrouter demo`'s file: its listen address and nodes stay the demo's own
+    /// (and its users, when the file lists none), as at start-up.
+    pub demo: bool,
 }
 
 /// The whole configuration file.
@@ -241,16 +255,26 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The config to reload from `file` while `current` is in force: the file's,
-    /// with the current node list when the file has none or `file.keep_nodes`
-    /// (the demo's nodes are its own cluster's). Not validated here: reloading
-    /// validates.
+    /// The config to reload from `file` while `current` is in force (see
+    /// [`Config::for_reload`]). Not validated here: reloading validates.
     pub fn reread(file: &ConfigFile, current: &Config) -> Result<Config, ConfigError> {
-        let mut new = Self::load_unvalidated(&file.path)?;
-        if file.keep_nodes || new.nodes.is_empty() {
-            new.nodes = current.nodes.clone();
+        let new = Self::load_unvalidated(&file.path)?;
+        Ok(new.for_reload(file.demo, current))
+    }
+
+    /// This config as a reload of `current` takes it: as written, except in
+    /// the demo, whose listen address and nodes (and users, when the file
+    /// lists none) are the demo's own, as at its start-up. So a file without
+    /// nodes is rejected on reload exactly as `check-config` rejects it.
+    pub fn for_reload(mut self, demo: bool, current: &Config) -> Config {
+        if demo {
+            self.listen = current.listen.clone();
+            self.nodes = current.nodes.clone();
+            if self.users.is_empty() {
+                self.users = current.users.clone();
+            }
         }
-        Ok(new)
+        self
     }
 
     /// Parses and validates config text; `origin` names it in errors.

@@ -146,3 +146,24 @@ fn admin_console_is_off_by_default_and_its_users_must_exist() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reload_takes_the_file_as_written_but_the_demo_keeps_its_own_cluster() {
+    let current = Config::from_toml(
+        &format!("listen = \"127.0.0.1:7777\"\n{MINIMAL}"),
+        "current",
+    )
+    .unwrap();
+    let file = Config::parse_unvalidated("[pool]\npool_size = 3\n", "file").unwrap();
+    // `run`: a file without nodes or users stays so, and is refused.
+    let run = file.clone().for_reload(false, &current);
+    assert!(run.nodes.is_empty() && run.users.is_empty());
+    assert!(run.validate().is_err());
+    // The demo: its listen address, nodes and (the file has none) users stay.
+    let demo = file.for_reload(true, &current);
+    assert_eq!(demo.listen, "127.0.0.1:7777");
+    assert_eq!(demo.nodes.len(), 2);
+    assert_eq!(demo.users[0].name, "app");
+    assert_eq!(demo.pool.pool_size, 3);
+    demo.validate().unwrap();
+}
