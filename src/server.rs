@@ -115,10 +115,31 @@ impl Stats {
     }
 }
 
+/// Who a client session is, fixed at login (the admin console's SHOW CLIENTS).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientInfo {
+    pub peer: Option<std::net::SocketAddr>,
+    /// The name it logged in with.
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    /// When its connection was accepted.
+    pub connected_at: Option<std::time::Instant>,
+}
+
+/// One client session as SHOW CLIENTS lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientSummary {
+    pub info: ClientInfo,
+    /// `host:port` of the server running its current query; None while idle.
+    pub server: Option<String>,
+}
+
 /// What the router holds of each client session, found by the cancel key
 /// handed to its client.
 #[derive(Default)]
 pub(crate) struct SessionHandle {
+    pub info: ClientInfo,
     /// The server connection running the client's current query (None while
     /// idle): where its cancel requests go.
     pub cancel: Mutex<Option<Arc<CancelTarget>>>,
@@ -230,6 +251,30 @@ impl Shared {
                 std::task::Poll::Pending
             }
         })
+    }
+
+    /// Every client session now (not admin console ones), read without
+    /// stopping any: each is seen at a slightly different moment.
+    pub fn client_list(&self) -> Vec<ClientSummary> {
+        // Copied out first, so no session waits on the map's lock while each
+        // one's own lock is taken below.
+        let handles: Vec<Arc<SessionHandle>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        handles
+            .iter()
+            .map(|handle| {
+                let cancel = handle.cancel.lock().unwrap_or_else(|p| p.into_inner());
+                ClientSummary {
+                    info: handle.info.clone(),
+                    server: cancel.as_ref().map(|t| format!("{}:{}", t.host, t.port)),
+                }
+            })
+            .collect()
     }
 
     pub fn session_handle(&self, key: (i32, i32)) -> Option<Arc<SessionHandle>> {

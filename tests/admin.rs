@@ -212,6 +212,51 @@ async fn the_console_answers_its_users_only_and_stays_usable_after_errors() {
         "{help:?}"
     );
 
+    // SHOW CLIENTS: each session with its login, and the server running its
+    // query while one runs (the console's own session is not listed).
+    let (user, password) = (env.cluster.superuser(), env.cluster.password());
+    let busy = connect(&env, user, password, "postgres application_name=busy")
+        .await
+        .unwrap();
+    let _quiet = connect(&env, user, password, "postgres application_name=quiet")
+        .await
+        .unwrap();
+    let sleeping = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(2)").await });
+    let by_name = |rows: &[Vec<(String, Option<String>)>], name: &str| {
+        rows.iter()
+            .find(|row| field(row, "application_name") == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no client {name} in {rows:?}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let clients = loop {
+        let clients = show(&console, "SHOW CLIENTS").await;
+        if field(&by_name(&clients, "busy"), "state") == "active" || Instant::now() > deadline {
+            break clients;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let busy_row = by_name(&clients, "busy");
+    assert_eq!(field(&busy_row, "state"), "active", "{clients:?}");
+    let servers: Vec<String> = env
+        .handle
+        .config()
+        .nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.host, n.port))
+        .collect();
+    assert!(
+        servers.contains(&field(&busy_row, "server").to_owned()),
+        "{busy_row:?}"
+    );
+    assert_eq!(field(&busy_row, "user"), user);
+    assert_eq!(field(&busy_row, "database"), "postgres");
+    let quiet_row = by_name(&clients, "quiet");
+    assert_eq!(field(&quiet_row, "state"), "idle", "{quiet_row:?}");
+    assert!(quiet_row.iter().any(|(c, v)| c == "server" && v.is_none()));
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    sleeping.await.unwrap().unwrap();
+
     // A user not in admin.users is refused after logging in (42501); a wrong
     // password is refused as for any database.
     let refused = connect(&env, "app", "app-secret", "pgrouter")

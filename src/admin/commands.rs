@@ -9,6 +9,7 @@ use crate::consistency::format_lsn;
 use crate::monitor::Topology;
 use crate::pool::PoolStats;
 use crate::router::CacheStats;
+use crate::server::ClientSummary;
 
 /// A command the console understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,7 @@ pub enum Command {
     Pools,
     Nodes,
     Stats,
+    Clients,
     Config,
     Version,
     /// Re-read the config file: done by the caller, answered with "RELOAD".
@@ -55,6 +57,11 @@ const COMMANDS: &[(Command, &str, &str)] = &[
         Command::Stats,
         "SHOW STATS",
         "clients, statements re-run, classifier cache, uptime",
+    ),
+    (
+        Command::Clients,
+        "SHOW CLIENTS",
+        "client sessions: address, login, connected for, running a query (on which server) or idle",
     ),
     (
         Command::Config,
@@ -118,6 +125,8 @@ pub struct Snapshot<'a> {
     pub stale_after: Duration,
     /// The config in force, as `pgrouter check-config` prints it.
     pub settings: String,
+    /// Client sessions (read only for SHOW CLIENTS: there may be thousands).
+    pub clients_list: Vec<ClientSummary>,
 }
 
 /// Rows to send: column names, text values (`None` is NULL), the command tag.
@@ -135,6 +144,7 @@ pub fn answer(command: Command, snapshot: &Snapshot<'_>) -> Table {
         Command::Pools => pools(&snapshot.pools),
         Command::Nodes => nodes(snapshot),
         Command::Stats => stats(snapshot),
+        Command::Clients => clients(snapshot),
         Command::Version => Table {
             columns: &["version"],
             rows: vec![vec![Some(format!(
@@ -272,6 +282,46 @@ fn nodes(snapshot: &Snapshot<'_>) -> Table {
             "measured_ms_ago",
             "routed",
             "last_error",
+        ],
+        rows,
+        tag: "SHOW",
+    }
+}
+
+fn clients(snapshot: &Snapshot<'_>) -> Table {
+    let mut list: Vec<&ClientSummary> = snapshot.clients_list.iter().collect();
+    // Oldest first, as they connected.
+    list.sort_by_key(|c| c.info.connected_at);
+    let rows = list
+        .into_iter()
+        .map(|c| {
+            let info = &c.info;
+            vec![
+                info.peer.map(|p| p.to_string()),
+                Some(info.user.clone()),
+                Some(info.database.clone()),
+                Some(info.application_name.clone()),
+                info.connected_at.map(|at| {
+                    snapshot
+                        .now
+                        .saturating_duration_since(at)
+                        .as_secs()
+                        .to_string()
+                }),
+                Some(if c.server.is_some() { "active" } else { "idle" }.to_owned()),
+                c.server.clone(),
+            ]
+        })
+        .collect();
+    Table {
+        columns: &[
+            "client",
+            "user",
+            "database",
+            "application_name",
+            "connected_s",
+            "state",
+            "server",
         ],
         rows,
         tag: "SHOW",

@@ -10,7 +10,7 @@
 //! config, with RELOAD, exactly as SIGHUP does. Off (the database name is then
 //! an ordinary one) while `admin.users` is empty.
 
-pub mod commands;
+pub(crate) mod commands;
 
 use std::sync::Arc;
 
@@ -252,6 +252,11 @@ async fn run(
         now: std::time::Instant::now(),
         stale_after: config.measurement_stale_after(),
         settings: config.describe(),
+        clients_list: if command == Command::Clients {
+            shared.client_list()
+        } else {
+            Vec::new()
+        },
     };
     let Table { columns, rows, tag } = commands::answer(command, &snapshot);
     build::text_rows(out, columns, &rows, tag);

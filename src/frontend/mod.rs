@@ -37,7 +37,7 @@ use crate::backend::Login;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::startup::{StartupError, StartupMessage, StartupPacket, read_startup};
 use crate::protocol::{FramedReader, sqlstate};
-use crate::server::Shared;
+use crate::server::{ClientInfo, Shared};
 
 /// Parameters that describe the login itself and are never forwarded as-is.
 const LOGIN_PARAMS: &[&str] = &["user", "database"];
@@ -51,7 +51,7 @@ pub(crate) async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Ar
             .stats
             .clients
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(err) = handshake(stream, &shared).await {
+        if let Err(err) = handshake(stream, peer, &shared).await {
             tracing::debug!(%err, "client session ended with an error");
         }
         shared
@@ -90,7 +90,12 @@ struct LoggedIn {
     out: BytesMut,
 }
 
-async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), SessionError> {
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<(), SessionError> {
+    let connected_at = std::time::Instant::now();
     // A client that stalls before logging in is dropped, as PostgreSQL does with
     // authentication_timeout, so half-open connections cannot pile up.
     let limit = shared.config.load().limits.startup_timeout;
@@ -114,16 +119,17 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
     else {
         return Ok(());
     };
+    let application_name = login
+        .params
+        .iter()
+        .find(|(name, _)| name == "application_name")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
     match admin {
         crate::admin::Access::NotAdmin => {}
         crate::admin::Access::Allowed => {
             let console = crate::admin::Console {
-                application_name: login
-                    .params
-                    .iter()
-                    .find(|(name, _)| name == "application_name")
-                    .map(|(_, value)| value.clone())
-                    .unwrap_or_default(),
+                application_name,
                 database: login.database,
                 user: client_user,
             };
@@ -145,7 +151,14 @@ async fn handshake(stream: TcpStream, shared: &Arc<Shared>) -> Result<(), Sessio
             return Err(SessionError::ClientProtocol(message));
         }
     }
-    session::Session::start(shared.clone(), login, pool_mode, reader, write, out).await
+    let info = ClientInfo {
+        peer: Some(peer),
+        user: client_user,
+        database: login.database.clone(),
+        application_name,
+        connected_at: Some(connected_at),
+    };
+    session::Session::start(shared.clone(), info, login, pool_mode, reader, write, out).await
 }
 
 /// Startup packets and authentication. `Ok(None)`: the client left, or it was a

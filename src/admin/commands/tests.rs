@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::monitor::NodeState;
+use crate::server::ClientInfo;
 
 #[test]
 fn commands_are_read_loosely_and_unknown_ones_named() {
@@ -72,6 +73,7 @@ fn help_lists_every_command_and_each_listed_one_parses() {
         Command::Pools,
         Command::Nodes,
         Command::Stats,
+        Command::Clients,
         Command::Config,
         Command::Version,
         Command::Reload,
@@ -83,6 +85,7 @@ fn help_lists_every_command_and_each_listed_one_parses() {
             | Command::Pools
             | Command::Nodes
             | Command::Stats
+            | Command::Clients
             | Command::Config
             | Command::Version
             | Command::Reload
@@ -126,6 +129,7 @@ fn topology() -> Topology {
 }
 
 fn snapshot(topology: &Topology) -> Snapshot<'_> {
+    let now = Instant::now();
     Snapshot {
         topology,
         routed: vec![5, 30, 0, 0],
@@ -154,9 +158,31 @@ fn snapshot(topology: &Topology) -> Snapshot<'_> {
             misses: 3,
         },
         uptime: Duration::from_secs(61),
-        now: Instant::now(),
+        now,
         stale_after: Duration::from_secs(1),
         settings: "listen = \"127.0.0.1:6432\"\npool: mode=Transaction pool_size=20\n".to_owned(),
+        clients_list: vec![
+            ClientSummary {
+                info: ClientInfo {
+                    peer: "10.1.1.1:50000".parse().ok(),
+                    user: "app".to_owned(),
+                    database: "shop".to_owned(),
+                    application_name: "web".to_owned(),
+                    connected_at: now.checked_sub(Duration::from_secs(5)),
+                },
+                server: Some("10.0.0.2:5432".to_owned()),
+            },
+            ClientSummary {
+                info: ClientInfo {
+                    peer: "10.1.1.2:50001".parse().ok(),
+                    user: "batch".to_owned(),
+                    database: "shop".to_owned(),
+                    application_name: String::new(),
+                    connected_at: now.checked_sub(Duration::from_secs(90)),
+                },
+                server: None,
+            },
+        ],
     }
 }
 
@@ -256,6 +282,47 @@ fn config_shows_one_row_per_setting_line() {
         vec![
             text(&[Some("listen = \"127.0.0.1:6432\"")]),
             text(&[Some("pool: mode=Transaction pool_size=20")])
+        ]
+    );
+}
+
+#[test]
+fn clients_are_listed_oldest_first_with_what_they_run() {
+    let topology = topology();
+    let table = answer(Command::Clients, &snapshot(&topology));
+    assert_eq!(
+        table.columns,
+        [
+            "client",
+            "user",
+            "database",
+            "application_name",
+            "connected_s",
+            "state",
+            "server"
+        ]
+    );
+    assert_eq!(
+        table.rows,
+        vec![
+            text(&[
+                Some("10.1.1.2:50001"),
+                Some("batch"),
+                Some("shop"),
+                Some(""),
+                Some("90"),
+                Some("idle"),
+                None
+            ]),
+            text(&[
+                Some("10.1.1.1:50000"),
+                Some("app"),
+                Some("shop"),
+                Some("web"),
+                Some("5"),
+                Some("active"),
+                Some("10.0.0.2:5432")
+            ]),
         ]
     );
 }
