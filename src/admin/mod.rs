@@ -57,6 +57,24 @@ pub(crate) struct Console {
     pub application_name: String,
 }
 
+/// Refuses a user not in `admin.users`, after AuthenticationOk (in `out`),
+/// as PostgreSQL refuses a database the user may not connect to.
+pub(crate) async fn refuse(
+    user: &str,
+    mut write: OwnedWriteHalf,
+    mut out: BytesMut,
+) -> Result<(), SessionError> {
+    let message = format!("user {user:?} may not use the pgrouter admin console (admin.users)");
+    build::error_response(
+        &mut out,
+        Severity::Fatal,
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        &message,
+    );
+    let _ = write.write_all(&out).await;
+    Err(SessionError::ClientProtocol(message))
+}
+
 /// Serves one console client after it authenticated (AuthenticationOk is in
 /// `out`) until it leaves or the router stops.
 pub(crate) async fn serve(

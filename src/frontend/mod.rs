@@ -113,8 +113,8 @@ async fn handshake(
         admin,
         pool_mode,
         reader,
-        mut write,
-        mut out,
+        write,
+        out,
     }) = logged_in
     else {
         return Ok(());
@@ -136,19 +136,7 @@ async fn handshake(
             return crate::admin::serve(shared.clone(), console, reader, write, out).await;
         }
         crate::admin::Access::Refused => {
-            // After AuthenticationOk, as PostgreSQL refuses a database the
-            // user may not connect to.
-            let message = format!(
-                "user {client_user:?} may not use the pgrouter admin console (admin.users)"
-            );
-            build::error_response(
-                &mut out,
-                Severity::Fatal,
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                &message,
-            );
-            let _ = write.write_all(&out).await;
-            return Err(SessionError::ClientProtocol(message));
+            return crate::admin::refuse(&client_user, write, out).await;
         }
     }
     let info = ClientInfo {
