@@ -104,15 +104,7 @@ pub(crate) async fn serve(
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(ReadError::Io(err)) => return Err(err.into()),
-            Err(ReadError::Frame(err)) => {
-                return end(
-                    &mut write,
-                    &mut out,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &err.to_string(),
-                )
-                .await;
-            }
+            Err(ReadError::Frame(err)) => return violation(&mut write, &mut out, err).await,
         };
         match frame.tag {
             frontend_tag::TERMINATE => return Ok(()),
@@ -126,15 +118,7 @@ pub(crate) async fn serve(
             frontend_tag::QUERY => {
                 let text = match fields::query_text(frame.body()) {
                     Ok(text) => text,
-                    Err(err) => {
-                        return end(
-                            &mut write,
-                            &mut out,
-                            sqlstate::PROTOCOL_VIOLATION,
-                            &err.to_string(),
-                        )
-                        .await;
-                    }
+                    Err(err) => return violation(&mut write, &mut out, err).await,
                 };
                 let config = shared.config.load();
                 if access(&config, &console.database, &console.user) != Access::Allowed {
@@ -169,7 +153,7 @@ pub(crate) async fn serve(
             | frontend_tag::COPY_FAIL => {}
             other => {
                 let message = format!("invalid frontend message type {:?}", char::from(other));
-                return end(&mut write, &mut out, sqlstate::PROTOCOL_VIOLATION, &message).await;
+                return violation(&mut write, &mut out, message).await;
             }
         }
         if !out.is_empty() {
@@ -313,6 +297,21 @@ async fn reload(shared: &Arc<Shared>, out: &mut BytesMut) {
             build::error_response(out, Severity::Error, code, &message);
         }
     }
+}
+
+/// Ends a console session whose client broke the protocol (08P01).
+async fn violation(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    problem: impl std::fmt::Display,
+) -> Result<(), SessionError> {
+    end(
+        write,
+        out,
+        sqlstate::PROTOCOL_VIOLATION,
+        &problem.to_string(),
+    )
+    .await
 }
 
 /// Ends a console session with a FATAL error.

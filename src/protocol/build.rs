@@ -168,26 +168,7 @@ const TEXT_OID: u32 = 25;
 /// (NULL when `value` is None) and CommandComplete "SHOW"; ReadyForQuery is
 /// the caller's.
 pub fn show_result(buf: &mut BytesMut, name: &str, value: Option<&str>) {
-    let field = FieldDescription::new(name.to_owned(), 0, 0, TEXT_OID, -1, -1, 0);
-    encode(
-        PgWireBackendMessage::RowDescription(RowDescription::new(vec![field])),
-        buf,
-    );
-    let mut data = BytesMut::new();
-    match value {
-        Some(text) => {
-            // Small by construction (an LSN), so the length always fits.
-            let len = i32::try_from(text.len()).unwrap_or(i32::MAX);
-            data.extend_from_slice(&len.to_be_bytes());
-            data.extend_from_slice(text.as_bytes());
-        }
-        None => data.extend_from_slice(&(-1i32).to_be_bytes()),
-    }
-    encode(PgWireBackendMessage::DataRow(DataRow::new(data, 1)), buf);
-    encode(
-        PgWireBackendMessage::CommandComplete(CommandComplete::new("SHOW".to_owned())),
-        buf,
-    );
+    text_rows(buf, &[name], &[vec![value.map(str::to_owned)]], "SHOW");
 }
 
 /// A result pgrouter answers itself (the admin console): text columns, rows
