@@ -37,7 +37,7 @@ use crate::backend::Login;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::startup::{StartupError, StartupMessage, StartupPacket, read_startup};
 use crate::protocol::{FramedReader, sqlstate};
-use crate::server::{ClientInfo, Shared};
+use crate::server::{ClientInfo, SessionHandle, Shared};
 
 /// Parameters that describe the login itself and are never forwarded as-is.
 const LOGIN_PARAMS: &[&str] = &["user", "database"];
@@ -139,14 +139,19 @@ async fn handshake(
             return crate::admin::refuse(&client_user, write, out).await;
         }
     }
-    let info = ClientInfo {
-        peer: Some(peer),
-        user: client_user,
-        database: login.database.clone(),
-        application_name,
-        connected_at: Some(connected_at),
-    };
-    session::Session::start(shared.clone(), info, login, pool_mode, reader, write, out).await
+    // Made here and passed as a pointer: the session task keeps every
+    // future's state for its whole life, thousands of them at once.
+    let handle = Arc::new(SessionHandle {
+        info: ClientInfo {
+            peer: Some(peer),
+            user: client_user,
+            database: login.database.clone(),
+            application_name,
+            connected_at: Some(connected_at),
+        },
+        ..SessionHandle::default()
+    });
+    session::Session::start(shared.clone(), handle, login, pool_mode, reader, write, out).await
 }
 
 /// Startup packets and authentication. `Ok(None)`: the client left, or it was a

@@ -21,7 +21,7 @@ use crate::config::PoolMode;
 use crate::consistency::SessionFreshness;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{Frame, FramedReader, sqlstate, tx_status};
-use crate::server::{ClientInfo, SessionHandle, Shared};
+use crate::server::{SessionHandle, Shared};
 
 /// Index of the primary connection in `Session::servers`.
 pub(super) const PRIMARY: usize = 0;
@@ -131,17 +131,13 @@ impl Session {
     /// Attaches the primary, greets the client and runs the session.
     pub(super) async fn start(
         shared: Arc<Shared>,
-        info: ClientInfo,
+        handle: Arc<SessionHandle>,
         login: Login,
         pool_mode: PoolMode,
         client_in: FramedReader<OwnedReadHalf>,
         client_write: OwnedWriteHalf,
         out: BytesMut,
     ) -> Result<(), SessionError> {
-        let handle = Arc::new(SessionHandle {
-            info,
-            ..SessionHandle::default()
-        });
         let cancel_key = shared.new_cancel_key(handle.clone());
         let mut session = Session {
             shared,
