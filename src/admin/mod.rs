@@ -2,11 +2,12 @@
 //! default) that the users named in `admin.users` log in to as to any other
 //! database (same authentication), as operators reach PgBouncer's `pgbouncer`
 //! database. It answers simple queries itself: `SHOW POOLS`, `SHOW NODES`,
-//! `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP` and `RELOAD`
-//! (see [`commands`]).
+//! `SHOW CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`
+//! and `RELOAD` (see [`commands`]).
 //!
 //! It must not reach the servers. It reads the topology snapshot, the pools'
-//! counters and the router's statistics; the one thing it changes is the
+//! counters, the sessions' handles and the router's statistics; the one
+//! thing it changes is the
 //! config, with RELOAD, exactly as SIGHUP does. Off (the database name is then
 //! an ordinary one) while `admin.users` is empty.
 
